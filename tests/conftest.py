@@ -1,0 +1,41 @@
+"""Shared test fixtures: real `mpiexec` launches under a hard timeout, and small data sets."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else "mpiexec"
+
+
+def mpimem_cmd(*args):
+    """The command line of `mpimem ARGS` run with the test interpreter."""
+    return [sys.executable, "-m", "mpimem", *map(str, args)]
+
+
+def run(cmd, timeout=120, check=False, **kw):
+    """Run a command with a hard timeout; a hang fails the test instead of hanging CI."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.update(kw.pop("env", {}))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"timed out after {timeout}s (deadlock?): {' '.join(map(str, cmd))}\n"
+                    f"stdout: {exc.stdout}\nstderr: {exc.stderr}")
+    if check and proc.returncode != 0:
+        pytest.fail(f"exit {proc.returncode}: {' '.join(map(str, cmd))}\n"
+                    f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def run_mpi(nranks, args, timeout=180, check=False, **kw):
+    """`mpiexec -n NRANKS python -m mpimem ARGS` under a timeout (MPICH oversubscribes freely)."""
+    return run([MPIEXEC, "-n", str(nranks), *mpimem_cmd(*args)], timeout=timeout, check=check, **kw)
+
+
+def run_cli(args, timeout=120, check=False, **kw):
+    """`python -m mpimem ARGS` in one process under a timeout."""
+    return run(mpimem_cmd(*args), timeout=timeout, check=check, **kw)
