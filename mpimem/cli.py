@@ -10,11 +10,19 @@ from . import __version__
 from .errors import MpimemError, report
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (`mpimem: error: ...`) and exit status 2."""
+
+    def error(self, message):
+        report(f"{self.prog}: {message}")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import cli as data_cli
     from . import train_cli, info_cli
 
-    parser = argparse.ArgumentParser(prog="mpimem", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="mpimem", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mpimem {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     data_cli.register(sub)

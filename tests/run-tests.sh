@@ -3,4 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+# Local single-node SLURM for the SLURM tests (docs/local-slurm.md).
+# Exit 3 = cannot run here (not root / no apt-get): those tests skip with the reason.
+slurm_rc=0; bash jobs/local-cluster.sh up || slurm_rc=$?
+if [[ $slurm_rc -ne 0 && $slurm_rc -ne 3 ]]; then
+    echo "run-tests: local SLURM did not come up (exit $slurm_rc); SLURM tests will fail" >&2
+fi
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,199 @@
+"""One synchronous round of Mem-SGD (Algorithm 1, distributed as in SPEC "Distributed setting").
+
+The same functions run in the MPI program (`mpimem.mpirun`) and in the in-process simulator
+(`mpimem.simulate`), which is why the two produce bit-identical trajectories. Round r of
+mini-batch b (schedule clock t = r b, step eta_t, see mpimem.schedule):
+
+  1. worker w:  rows = next b rows of its shard (without replacement within an epoch)
+  1.1           v = m + eta_t * sum_{i in rows} grad f_i(x_r)       (L2 term: see below)
+  1.2           u = comp(v);  m := v - u;  send u                  (no memory: m := 0)
+  2. server:    U = (1/W) sum_w u_w (summed in worker order), encoded as the downlink
+  3. everyone:  x_{r+1} = factor * x_r - U   (server, and every worker on its replica)
+  3.1 server:   xbar accumulates w_r x_r (lazily, mpimem.model.Averager)
+
+L2 placement (`l2`): "worker" is the paper-exact update, grad f_i includes lam x, so step 1.1
+adds eta_t b lam x to v (O(d) per round) and factor = 1. "server" (the default, the fast path)
+leaves the L2 term out of the compressed vector and applies it exactly on the iterate,
+factor = 1 - b eta_t lam, a scalar (x = s z); per round cost then grows with nnz and k, not d.
+"""
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import kernels as K
+from .compressors import Aggregator, TopK, decode_downlink
+from .model import Averager, Replica, apply_update
+from .rng import QUANTISE, SAMPLING, stream_state
+from .schedule import AveragingWeights, StepSchedule
+
+TIMING_COLUMNS = ("gradient", "compression", "communication", "waiting", "evaluation")
+
+
+class ShardData:
+    """A worker's rows in the form the kernels take: dense X, or CSR (data, indices, indptr)."""
+
+    __slots__ = ("dense", "X", "data", "indices", "indptr", "y", "n", "max_row_nnz")
+
+    def __init__(self, X, y):
+        self.y = np.ascontiguousarray(y, dtype=np.float64)
+        self.n = self.y.size
+        self.dense = not sp.issparse(X)
+        if self.dense:
+            self.X = np.ascontiguousarray(X)
+            self.data = self.indices = self.indptr = None
+            self.max_row_nnz = X.shape[1]
+        else:
+            X = X.tocsr()
+            self.X = X
+            self.data, self.indices, self.indptr = X.data, X.indices, X.indptr
+            self.max_row_nnz = int(np.diff(X.indptr).max()) if self.n else 0
+
+
+class WorkerState:
+    """Everything of one worker that a checkpoint must save, plus its scratch buffers."""
+
+    __slots__ = (
+        # identity
+        "worker",
+        # algorithm state (Algorithm 1): error memory, sampler, random streams
+        "m", "perm", "cursor", "rng_sample", "rng_quant",
+        # derived from m, rebuilt on load: the indexed max-heap over |m| (top-k, sparse data)
+        "heap", "pos", "key",
+        # scratch
+        "rows", "mark", "cand", "ncand", "msg",
+        # statistics
+        "bytes_up", "bytes_down", "timing",
+    )
+
+    def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_heap):
+        self.worker = worker
+        self.m = np.zeros(d)
+        self.perm = np.arange(shard.n, dtype=np.int64)
+        self.cursor = np.zeros(2, np.int64)
+        self.rng_sample = stream_state(seed, worker, SAMPLING)
+        self.rng_quant = stream_state(seed, worker, QUANTISE)
+        K.shuffle(self.perm, self.rng_sample)
+        self.rows = np.zeros(batch, np.int64)
+        self.mark = np.zeros(d, np.uint8)
+        self.cand = np.zeros(max(1, min(d, batch * shard.max_row_nnz)), np.int64)
+        self.ncand = -1
+        self.msg = np.zeros(max(8, compressor.max_message_bytes()), np.uint8)
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.timing = np.zeros(len(TIMING_COLUMNS))
+        self.heap = self.pos = self.key = np.zeros(0, np.int64)
+        if use_heap:
+            self.rebuild_heap()
+
+    def rebuild_heap(self):
+        """Heap over |m| with ties by index: a sorted array is a valid heap; O(d log d), rare."""
+        d = self.m.size
+        self.key = np.abs(self.m)
+        self.heap = np.lexsort((np.arange(d), -self.key)).astype(np.int64)
+        self.pos = np.empty(d, np.int64)
+        self.pos[self.heap] = np.arange(d)
+
+
+class RoundRule:
+    """The resolved, immutable rules of a run: operator, schedule, weights, placement of L2."""
+
+    def __init__(self, cfg, d, workers, compressor):
+        self.cfg = cfg
+        self.d = d
+        self.workers = workers
+        self.comp = compressor
+        self.b = cfg.batch_size
+        self.lam = cfg.lam
+        self.memory = cfg.memory and cfg.compressor != "none"
+        self.l2_on_server = cfg.l2 == "server"
+        self.schedule = StepSchedule(cfg.schedule, cfg.gamma, cfg.lam, cfg.shift)
+        self.weights = AveragingWeights(cfg.averaging, cfg.shift)
+
+    def uses_heap(self, shard: ShardData) -> bool:
+        """Indexed heap for top-k when the round's memory changes touch only nnz coordinates."""
+        return (isinstance(self.comp, TopK) and not shard.dense and self.memory
+                and self.l2_on_server)
+
+    def eta(self, r):
+        return self.schedule.eta(r * self.b)
+
+    def factor(self, r):
+        """The scale of x in step 3: 1 - b eta_t lam (server-side L2) or 1 (paper-exact)."""
+        return 1.0 - self.b * self.eta(r) * self.lam if self.l2_on_server else 1.0
+
+    def make_aggregator(self):
+        per_message = self.comp.max_message_bytes() // 4
+        return Aggregator(self.d, self.workers, self.workers * per_message)
+
+    # ---------------------------------------------------------------- step 1: a worker's round
+    def worker_step(self, ws: WorkerState, shard: ShardData, replica: Replica, r: int) -> int:
+        """Steps 1-1.2 for worker ws in round r; the message is ws.msg[:returned byte count]."""
+        t0 = time.perf_counter()
+        eta = self.eta(r)
+        K.next_batch(ws.perm, ws.cursor, ws.rng_sample, ws.rows)
+        touched = -1
+        if shard.dense:
+            K.grad_dense_into(shard.X, shard.y, ws.rows, replica.z, replica.s, ws.m, eta)
+        else:
+            touched = K.grad_csr_into(shard.data, shard.indices, shard.indptr, shard.y, ws.rows,
+                                      replica.z, replica.s, ws.m, eta, ws.mark, ws.cand, 0,
+                                      ws.heap, ws.pos, ws.key)
+        ws.ncand = touched
+        if not self.l2_on_server:
+            K.add_l2_into(ws.m, replica.z, replica.s, eta * self.b * self.lam)
+            ws.ncand = -1
+        t1 = time.perf_counter()
+        nbytes = self.comp.compress(ws, r)
+        if touched >= 0:
+            changed = ws.cand[:touched]
+            ws.mark[changed] = 0
+            if not self.memory and ws.ncand >= 0:
+                ws.m[changed] = 0.0
+        if not self.memory and ws.ncand < 0:
+            ws.m[:] = 0.0
+        ws.timing[0] += t1 - t0
+        ws.timing[1] += time.perf_counter() - t1
+        ws.bytes_up += nbytes
+        return nbytes
+
+    # ---------------------------------------------------------------- step 2: the server's sum
+    def aggregate(self, agg: Aggregator, messages, r: int) -> np.ndarray:
+        """U = (1/W) sum_w u_w from the W messages (worker order); returns the downlink payload."""
+        for w, msg in enumerate(messages, start=1):
+            self.comp.add_to(agg, msg, w, r)
+        return agg.finish()
+
+    # ---------------------------------------------------------------- step 3: everyone applies
+    def apply(self, replica: Replica, payload: np.ndarray, r: int, averager: Averager = None):
+        """x_{r+1} = factor x_r - U on a replica; the server also counts w_r x_r into xbar."""
+        if averager is not None:
+            averager.add_weight(replica, self.weights.weight(r * self.b))
+        idx, vals = decode_downlink(payload, self.d)
+        apply_update(replica, self.factor(r), idx, vals, averager)
+
+
+def make_averager(cfg, d):
+    """The server's averager, or None when the report uses the last iterate (averaging none)."""
+    return None if cfg.averaging == "none" else Averager(d)
+
+
+def xbar_of(replica: Replica, averager: Averager):
+    return replica.x() if averager is None else averager.xbar(replica)
+
+
+def eval_rounds(cfg, n, workers, total_rounds):
+    """The rounds after which the run is evaluated: 0, every eval_every epochs, and the last."""
+    per_epoch = n / (workers * cfg.batch_size)
+    points = {0, total_rounds}
+    e = cfg.eval_every
+    while e * per_epoch < total_rounds:
+        points.add(int(round(e * per_epoch)))
+        e += cfg.eval_every
+    return sorted(points)
+
+
+def total_rounds(cfg, n, workers):
+    """Rounds for the sample budget: ceil(budget / (W b)), budget = samples or epochs * n."""
+    budget = cfg.samples if cfg.samples else int(round(cfg.epochs * n))
+    return max(1, -(-budget // (workers * cfg.batch_size)))

@@ -1,0 +1,415 @@
+"""Compiled per-sample and per-round kernels (numba); Python only validates and dispatches.
+
+Equation references are to docs/spec.md. Ordering rule for top-k everywhere: coordinate i ranks
+above j when |v_i| > |v_j|, or |v_i| == |v_j| and i < j; selections are emitted in that order, so
+the heap and the scan produce the same message byte for byte.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .rng import below, uniform, seed_round
+
+CACHE = True
+
+
+# ---------------------------------------------------------------- sampling without replacement
+@njit(cache=CACHE)
+def shuffle(perm, state):
+    """Fisher-Yates shuffle of `perm` in place with the stream `state`."""
+    for i in range(perm.size - 1, 0, -1):
+        j = below(state, i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+
+
+@njit(cache=CACHE)
+def next_batch(perm, cursor, state, rows):
+    """Fill `rows` with the next shard rows of the epoch's permutation; reshuffle at epoch end.
+
+    cursor = [position in perm, completed epochs]; sampling is without replacement in an epoch.
+    """
+    n = perm.size
+    for i in range(rows.size):
+        if cursor[0] == n:
+            shuffle(perm, state)
+            cursor[0] = 0
+            cursor[1] += 1
+        rows[i] = perm[cursor[0]]
+        cursor[0] += 1
+
+
+# ---------------------------------------------------------------- logistic gradient into memory
+@njit(inline="always")
+def logistic_coef(label, margin):
+    """d/dm log(1 + exp(-b m)) = -b * sigma(-b m), computed without overflow."""
+    z = -label * margin
+    if z >= 0.0:
+        p = 1.0 / (1.0 + math.exp(-z))
+    else:
+        e = math.exp(z)
+        p = e / (1.0 + e)
+    return -label * p
+
+
+@njit(cache=CACHE, fastmath={"reassoc", "nsz", "arcp", "contract"})
+def grad_dense_into(X, y, rows, z, s, m, eta):
+    """m += eta * sum_{i in rows} grad of log(1+exp(-b_i a_i^T x)) at x = s*z (dense rows).
+
+    This is the 'v = m + eta_t * grad' line of Algorithm 1 without the L2 term (the L2 term is
+    either applied on the server as a scale, or added by `add_l2_into`).
+    """
+    d = z.size
+    for r in rows:
+        acc = 0.0
+        for j in range(d):
+            acc += X[r, j] * z[j]
+        c = eta * logistic_coef(y[r], s * acc)
+        for j in range(d):
+            m[j] += c * X[r, j]
+
+
+@njit(cache=CACHE)
+def grad_csr_into(data, indices, indptr, y, rows, z, s, m, eta, mark, touched, ntouched,
+                  heap, pos, key):
+    """The same for CSR rows: only the row's nonzeros change, O(nnz) per sample.
+
+    Coordinates changed are appended once to `touched` (`mark` flags them); when a heap is
+    given (heap.size > 0) its keys |m_j| are kept current. Returns the new touched count.
+    """
+    use_heap = heap.size > 0
+    for r in rows:
+        lo, hi = indptr[r], indptr[r + 1]
+        acc = 0.0
+        for p in range(lo, hi):
+            acc += data[p] * z[indices[p]]
+        c = eta * logistic_coef(y[r], s * acc)
+        for p in range(lo, hi):
+            j = indices[p]
+            m[j] += c * data[p]
+            if mark[j] == 0:
+                mark[j] = 1
+                touched[ntouched] = j
+                ntouched += 1
+            if use_heap:
+                heap_set_key(heap, pos, key, j, abs(m[j]))
+    return ntouched
+
+
+@njit(cache=CACHE)
+def add_l2_into(m, z, s, c):
+    """m += c * x with x = s*z: the L2 part eta_t * b * lam * x of the paper-exact gradient."""
+    cs = c * s
+    for j in range(m.size):
+        m[j] += cs * z[j]
+
+
+# ---------------------------------------------------------------- top-k: indexed 4-ary max-heap
+@njit(inline="always")
+def _above(key, a, b):
+    ka = key[a]
+    kb = key[b]
+    return ka > kb or (ka == kb and a < b)
+
+
+@njit(cache=CACHE)
+def heap_sift_up(heap, pos, key, p):
+    j = heap[p]
+    while p > 0:
+        parent = (p - 1) >> 2
+        q = heap[parent]
+        if _above(key, j, q):
+            heap[p] = q
+            pos[q] = p
+            p = parent
+        else:
+            break
+    heap[p] = j
+    pos[j] = p
+
+
+@njit(cache=CACHE)
+def heap_sift_down(heap, pos, key, p):
+    n = heap.size
+    j = heap[p]
+    while True:
+        c = 4 * p + 1
+        if c >= n:
+            break
+        best = c
+        bj = heap[c]
+        end = min(c + 4, n)
+        for cc in range(c + 1, end):
+            if _above(key, heap[cc], bj):
+                best = cc
+                bj = heap[cc]
+        if _above(key, bj, j):
+            heap[p] = bj
+            pos[bj] = p
+            p = best
+        else:
+            break
+    heap[p] = j
+    pos[j] = p
+
+
+@njit(cache=CACHE)
+def heap_set_key(heap, pos, key, j, new_key):
+    """Change coordinate j's key and restore the heap order, O(log d)."""
+    old = key[j]
+    key[j] = new_key
+    if new_key > old:
+        heap_sift_up(heap, pos, key, pos[j])
+    elif new_key < old:
+        heap_sift_down(heap, pos, key, pos[j])
+
+
+@njit(cache=CACHE)
+def heap_top_k(heap, pos, key, k, out_idx):
+    """The k coordinates of largest |m| in ranking order; keys are parked at -1 meanwhile.
+
+    The caller restores each selected key (`heap_set_key`) after it changed m there.
+    """
+    for i in range(k):
+        j = heap[0]
+        out_idx[i] = j
+        key[j] = -1.0
+        heap_sift_down(heap, pos, key, 0)
+
+
+# ---------------------------------------------------------------- top-k: scan (dense or candidates)
+@njit(inline="always")
+def _worse(ka, a, kb, b):
+    return ka < kb or (ka == kb and a > b)
+
+
+@njit(cache=CACHE)
+def top_k_scan(m, cand, ncand, k, out_idx, hkey, hidx):
+    """top-k of |m| over the candidates cand[:ncand] (all d coordinates when ncand < 0).
+
+    A size-k min-heap keyed by the ranking keeps the best k seen, O(d log k); then it is
+    emptied worst-first into out_idx from the back, so out_idx is in ranking order.
+    """
+    n = m.size if ncand < 0 else ncand
+    cnt = 0
+    for t in range(n):
+        j = t if ncand < 0 else cand[t]
+        a = abs(m[j])
+        if cnt < k:
+            p = cnt  # sift up the new leaf (binary heap, root = worst)
+            cnt += 1
+            while p > 0:
+                parent = (p - 1) >> 1
+                if _worse(a, j, hkey[parent], hidx[parent]):
+                    hkey[p] = hkey[parent]
+                    hidx[p] = hidx[parent]
+                    p = parent
+                else:
+                    break
+            hkey[p] = a
+            hidx[p] = j
+        elif _worse(hkey[0], hidx[0], a, j):
+            _min_heap_replace_root(hkey, hidx, cnt, a, j)
+    for i in range(cnt - 1, -1, -1):
+        out_idx[i] = hidx[0]
+        last_k = hkey[i]
+        last_j = hidx[i]
+        _min_heap_replace_root(hkey, hidx, i, last_k, last_j)
+    return cnt
+
+
+@njit(cache=CACHE)
+def _min_heap_replace_root(hkey, hidx, n, a, j):
+    """Put (a, j) at the root of the size-n binary min-heap (root = worst) and sift it down."""
+    p = 0
+    while True:
+        c = 2 * p + 1
+        if c >= n:
+            break
+        if c + 1 < n and _worse(hkey[c + 1], hidx[c + 1], hkey[c], hidx[c]):
+            c += 1
+        if _worse(hkey[c], hidx[c], a, j):
+            hkey[p] = hkey[c]
+            hidx[p] = hidx[c]
+            p = c
+        else:
+            break
+    if n > 0:
+        hkey[p] = a
+        hidx[p] = j
+
+
+# ---------------------------------------------------------------- sparse messages
+@njit(cache=CACHE)
+def emit_sparse(m, idx, k, vals):
+    """u = m restricted to idx (float32 on the wire); m := m - u.
+
+    The residual m - float32(m) is exact in float64, so v = u + m holds bit for bit.
+    """
+    for i in range(k):
+        j = idx[i]
+        v32 = np.float32(m[j])
+        vals[i] = v32
+        m[j] -= np.float64(v32)
+
+
+@njit(cache=CACHE)
+def heap_emit_top_k(m, heap, pos, key, k, idx, vals):
+    """top-k by the indexed heap, emitted as emit_sparse does, keys restored: O(k log d)."""
+    heap_top_k(heap, pos, key, k, idx)
+    emit_sparse(m, idx, k, vals)
+    for i in range(k):
+        j = idx[i]
+        heap_set_key(heap, pos, key, j, abs(m[j]))
+
+
+@njit(cache=CACHE)
+def rand_k_indices(base, round_index, d, k, out, mark):
+    """k distinct coordinates uniform on [0, d) for (shared seed, worker, round), sorted.
+
+    Floyd's algorithm on the stateless per-round stream: worker and server derive the same
+    indices, so the message carries only the k values.
+    """
+    state = np.empty(4, np.uint64)
+    seed_round(state, base, round_index)
+    for i, j in enumerate(range(d - k, d)):
+        t = below(state, j + 1)
+        if mark[t]:
+            t = j
+        mark[t] = 1
+        out[i] = t
+    for i in range(k):
+        mark[out[i]] = 0
+    out[:k].sort()
+
+
+# ---------------------------------------------------------------- quantised messages
+@njit(inline="always")
+def quant_value(scale, code, bits, levels):
+    """Decoded entry: scale * sign * level / levels (level = 1 for the 1-bit sign code)."""
+    neg = (code >> (bits - 1)) & 1
+    level = 1 if bits == 1 else code & ((1 << (bits - 1)) - 1)
+    val = scale * level / levels
+    return -val if neg else val
+
+
+@njit(inline="always")
+def _put_code(body, i, bits, code):
+    p = i * bits
+    byte = p >> 3
+    word = np.uint32(code) << np.uint32(p & 7)
+    while word != 0:
+        body[byte] |= np.uint8(word & np.uint32(0xFF))
+        word >>= np.uint32(8)
+        byte += 1
+
+
+@njit(inline="always")
+def _get_code(body, i, bits):
+    p = i * bits
+    byte = p >> 3
+    off = p & 7
+    word = np.uint32(0)
+    nbytes = (off + bits + 7) >> 3
+    for b in range(nbytes):
+        word |= np.uint32(body[byte + b]) << np.uint32(8 * b)
+    return np.int64((word >> np.uint32(off)) & np.uint32((1 << bits) - 1))
+
+
+@njit(cache=CACHE)
+def norm32_up(v):
+    """||v||_2 rounded up to float32, so that levels*|v_i|/norm32 <= levels always."""
+    acc = 0.0
+    for j in range(v.size):
+        acc += v[j] * v[j]
+    n = math.sqrt(acc)
+    n32 = np.float32(n)
+    if np.float64(n32) < n:
+        n32 = np.nextafter(n32, np.float32(np.inf))
+    return n32
+
+
+@njit(cache=CACHE)
+def qsgd_encode(m, levels, bits, divisor, state, head, body):
+    """QSGD with `levels` = s levels (ternary: s = 1), SPEC "Unbiased quantisers".
+
+    l = floor(s|v_i|/||v||); level l+1 with probability s|v_i|/||v|| - l, else l. On the wire:
+    float32 scale = ||v|| / divisor (divisor = 1 + beta for the rescaled operator used with
+    memory, 1 without), then `bits` = 1 + ceil(log2(s+1)) bits per entry (sign, level), packed.
+    m := m - u, with u decoded exactly as the server decodes it.
+    """
+    n32 = norm32_up(m)
+    head[0] = n32
+    scale = np.float64(n32) / divisor
+    body[:] = 0
+    if n32 == 0.0:
+        return
+    inv = levels / np.float64(n32)
+    for i in range(m.size):
+        v = m[i]
+        r = abs(v) * inv
+        level = np.int64(math.floor(r))
+        if uniform(state) < r - level:
+            level += 1
+        code = level | ((1 << (bits - 1)) if v < 0.0 else 0)
+        _put_code(body, i, bits, code)
+        m[i] = v - quant_value(scale, code, bits, levels)
+
+
+@njit(cache=CACHE)
+def sign_encode(m, head, body):
+    """Scaled sign: comp(v) = (||v||_1 / d) * sign(v) (sign(0) := +1); float32 scale + 1 bit/entry."""
+    acc = 0.0
+    for j in range(m.size):
+        acc += abs(m[j])
+    scale32 = np.float32(acc / m.size)
+    head[0] = scale32
+    scale = np.float64(scale32)
+    body[:] = 0
+    for i in range(m.size):
+        code = 1 if m[i] < 0.0 else 0
+        _put_code(body, i, 1, code)
+        m[i] = m[i] - quant_value(scale, code, 1, 1)
+
+
+@njit(cache=CACHE)
+def quant_decode_add(head, body, bits, levels, divisor, acc):
+    """acc += decoded quantised message (the server's side of qsgd_encode / sign_encode)."""
+    scale = np.float64(head[0]) / divisor
+    if scale == 0.0:
+        return
+    for i in range(acc.size):
+        acc[i] += quant_value(scale, _get_code(body, i, bits), bits, levels)
+
+
+# ---------------------------------------------------------------- server aggregation
+@njit(cache=CACHE)
+def sparse_add(acc, mark, union, nunion, idx, vals, k):
+    """acc[idx] += vals, recording each newly touched coordinate in `union` (first-seen order)."""
+    for i in range(k):
+        j = idx[i]
+        if mark[j] == 0:
+            mark[j] = 1
+            union[nunion] = j
+            nunion += 1
+        acc[j] += np.float64(vals[i])
+    return nunion
+
+
+@njit(cache=CACHE)
+def sparse_finish(acc, mark, union, n, workers, out_idx, out_vals):
+    """Downlink entries (idx, float32(sum/W)) of the union; clears acc and mark for the next round."""
+    for i in range(n):
+        j = union[i]
+        out_idx[i] = j
+        out_vals[i] = np.float32(acc[j] / workers)
+        acc[j] = 0.0
+        mark[j] = 0
+
+
+@njit(cache=CACHE)
+def dense_finish(acc, workers, out_vals):
+    """Dense downlink float32(sum/W); clears acc."""
+    for j in range(acc.size):
+        out_vals[j] = np.float32(acc[j] / workers)
+        acc[j] = 0.0

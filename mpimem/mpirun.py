@@ -1,0 +1,250 @@
+"""The MPI choreography of `mpimem train` (synchronous parameter server).
+
+Rank 0 is the server, ranks 1..W the workers (one shard each). Per round r (mpimem.engine):
+  worker: step 1-1.2, Send(u_w) to rank 0                    (bytes_up += len(u_w))
+  server: Probe+Recv u_1..u_W in worker order; U = aggregate  (waiting: time in Probe/Recv)
+  all:    Bcast(len U), Bcast(U); apply U to the replica      (bytes_down += 8 + len(U))
+Evaluation points: Bcast(xbar) from the server; each worker sums the loss terms over its
+shard at its replica of x and at xbar; Reduce to rank 0, which records and prints.
+
+Set-up runs on every rank and is agreed collectively before any work: if any rank finds a
+problem, rank 0 prints that one line and every rank exits with status 2.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .compressors import make_compressor
+from .config import resolve
+from .engine import (TIMING_COLUMNS, RoundRule, ShardData, WorkerState, eval_rounds,
+                     make_averager, total_rounds, xbar_of)
+from .errors import MpimemError, report
+from .metrics import eval_point, shard_sums
+from .model import Replica
+from .runfile import RunWriter
+
+TAG_UP = 11
+
+
+def agree(comm, fn):
+    """Run fn() on every rank; if any raised MpimemError, stop all ranks (rank 0 reports)."""
+    try:
+        result, err = fn(), None
+    except MpimemError as exc:
+        result, err = None, str(exc)
+    errors = comm.allgather(err)
+    first = next((e for e in errors if e), None)
+    if first is not None:
+        if comm.Get_rank() == 0:
+            raise MpimemError(first)
+        raise SystemExit(2)
+    return result
+
+
+def git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class Run:
+    """One rank's part of a training run: the resolved rules, its state, and the loop."""
+
+    def __init__(self, comm, cfg):
+        from .data.dataset import read_meta, read_shard
+
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.workers = comm.Get_size() - 1
+        if self.workers < 1:
+            raise MpimemError("mpimem train needs at least 2 MPI ranks (rank 0 is the server, "
+                              "ranks 1..W the workers); run it with mpiexec -n W+1")
+        self.meta = read_meta(cfg.data)
+        self.n, self.d = self.meta.n, self.meta.d
+        self.cfg = resolve(cfg, self.n, self.d, self.workers)
+        self.fstar = self.meta.fstar_for(self.cfg.lam)
+        self.comp = make_compressor(cfg.compressor, self.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
+        self.rule = RoundRule(self.cfg, self.d, self.workers, self.comp)
+        self.rounds = total_rounds(self.cfg, self.n, self.workers)
+        self.evals = eval_rounds(self.cfg, self.n, self.workers, self.rounds)
+        self.replica = Replica(self.d)
+        self.timing = np.zeros(len(TIMING_COLUMNS))
+        self.down = np.zeros(4 * self.d, np.uint8)
+        self.hdr = np.zeros(1, np.int64)
+        if self.rank == 0:
+            self.averager = make_averager(self.cfg, self.d)
+            self.agg = self.rule.make_aggregator()
+            size = max(8, self.comp.max_message_bytes())
+            self.inbox = [np.zeros(size, np.uint8) for _ in range(self.workers)]
+        else:
+            shard = read_shard(cfg.data, self.rank - 1, self.workers)
+            self.shard = ShardData(shard.X, shard.y)
+            self.ws = WorkerState(self.rank, self.shard, self.d, self.cfg.batch_size, self.cfg.seed,
+                                  self.comp, self.rule.uses_heap(self.shard))
+
+    # ------------------------------------------------------------------ rounds
+    def server_round(self, r):
+        from mpi4py import MPI
+
+        comm, status = self.comm, MPI.Status()
+        t0 = time.perf_counter()
+        messages = []
+        for w in range(1, self.workers + 1):
+            comm.Probe(source=w, tag=TAG_UP, status=status)
+            nbytes = status.Get_count(MPI.BYTE)
+            comm.Recv([self.inbox[w - 1], nbytes, MPI.BYTE], source=w, tag=TAG_UP)
+            messages.append(self.inbox[w - 1][:nbytes])
+        t1 = time.perf_counter()
+        payload = self.rule.aggregate(self.agg, messages, r)
+        t2 = time.perf_counter()
+        self.hdr[0] = payload.size
+        comm.Bcast(self.hdr, root=0)
+        comm.Bcast([payload, payload.size, MPI.BYTE], root=0)
+        t3 = time.perf_counter()
+        self.rule.apply(self.replica, payload, r, self.averager)
+        self.timing[1] += (t2 - t1) + (time.perf_counter() - t3)
+        self.timing[3] += t1 - t0
+        self.timing[2] += t3 - t2
+
+    def worker_round(self, r):
+        from mpi4py import MPI
+
+        comm, ws = self.comm, self.ws
+        nbytes = self.rule.worker_step(ws, self.shard, self.replica, r)
+        t0 = time.perf_counter()
+        comm.Send([ws.msg, nbytes, MPI.BYTE], dest=0, tag=TAG_UP)
+        t1 = time.perf_counter()
+        comm.Bcast(self.hdr, root=0)
+        n = int(self.hdr[0])
+        comm.Bcast([self.down, n, MPI.BYTE], root=0)
+        t2 = time.perf_counter()
+        ws.bytes_down += 8 + n
+        self.rule.apply(self.replica, self.down[:n], r)
+        ws.timing[1] += time.perf_counter() - t2
+        ws.timing[2] += t1 - t0
+        ws.timing[3] += t2 - t1
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, r, started):
+        """Collective: f(x), f(xbar), accuracy and byte totals at round r; the row on rank 0."""
+        from mpi4py import MPI
+
+        t0 = time.perf_counter()
+        comm = self.comm
+        xbar = xbar_of(self.replica, self.averager) if self.rank == 0 else np.empty(self.d)
+        comm.Bcast(xbar, root=0)
+        if self.rank == 0:
+            local = np.zeros(6)
+        else:
+            local = np.concatenate([shard_sums(self.shard, self.replica.x(), xbar),
+                                    [self.ws.bytes_up, self.ws.bytes_down]])
+        total = np.zeros(6) if self.rank == 0 else None
+        comm.Reduce(local, total, op=MPI.SUM, root=0)
+        elapsed = time.perf_counter() - t0
+        (self.timing if self.rank == 0 else self.ws.timing)[4] += elapsed
+        if self.rank != 0:
+            return None
+        row = eval_point(total[:4], self.n, self.cfg.lam, self.replica.x(), xbar, self.fstar)
+        samples = r * self.workers * self.cfg.batch_size
+        row.update(round=r, epoch=samples / self.n, samples=samples,
+                   wall_time=time.perf_counter() - started, bytes_up=total[4], bytes_down=total[5])
+        return row
+
+    def progress(self, row):
+        if self.cfg.quiet:
+            return
+        gap = row["subopt_xbar"]
+        loss = f"f(xbar)-f* {gap:10.3e}" if np.isfinite(gap) else f"f(xbar) {row['loss_xbar']:.6f}"
+        print(f"epoch {row['epoch']:7.3f}  round {int(row['round']):9d}  {loss}  "
+              f"acc {row['acc_xbar']:.4f}  MB up {row['bytes_up'] / 1e6:9.3f}  "
+              f"{row['wall_time']:7.1f} s", flush=True)
+
+    # ------------------------------------------------------------------ the whole run
+    def loop(self, writer):
+        started = time.perf_counter()
+        evals = set(self.evals)
+        step = self.server_round if self.rank == 0 else self.worker_round
+        for r in range(self.rounds + 1):
+            if r in evals:
+                row = self.evaluate(r, started)
+                if row is not None:
+                    writer.append(row)
+                    self.progress(row)
+            if r == self.rounds:
+                break
+            step(r)
+
+    def gather_final(self):
+        """Memories, replicas and timings to rank 0; checks every replica equals the server's x."""
+        comm = self.comm
+        if self.rank == 0:
+            payload = None
+        else:
+            payload = (self.ws.m, self.replica.z, self.replica.s, self.ws.timing)
+        parts = comm.gather(payload, root=0)
+        if self.rank != 0:
+            return None
+        memories = np.array([p[0] for p in parts[1:]])
+        identical = all(np.array_equal(p[1], self.replica.z) and p[2] == self.replica.s
+                        for p in parts[1:])
+        timing = np.array([self.timing] + [p[3] for p in parts[1:]])
+        return memories, identical, timing
+
+    def attrs(self):
+        from mpi4py import MPI
+
+        hosts = self.comm.gather(socket.gethostname(), root=0)
+        return {
+            "config": self.cfg.to_json(),
+            "mpimem_version": __version__,
+            "git_commit": git_commit(),
+            "mpi_version": MPI.Get_library_version().strip().splitlines()[0],
+            "workers": self.workers,
+            "ranks": self.workers + 1,
+            "hosts": sorted(set(hosts or [])),
+            "dataset": os.path.abspath(self.cfg.data),
+            "dataset_fingerprint": self.meta.fingerprint,
+            "n": self.n, "d": self.d, "lam": self.cfg.lam,
+            "fstar": self.fstar if self.fstar is not None else float("nan"),
+            "rounds": self.rounds,
+            "compressor": self.comp.name,
+        }
+
+
+def train(cfg) -> int:
+    """Entry point of `mpimem train` on every rank."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    run = agree(comm, lambda: Run(comm, cfg))
+    attrs = run.attrs()
+    writer = agree(comm, lambda: RunWriter(cfg.out, attrs) if run.rank == 0 else None)
+    if run.rank == 0 and not cfg.quiet:
+        print(f"mpimem train: {run.workers} workers, {run.comp.name}"
+              f"{' k=%d' % run.cfg.k if run.comp.name in ('top_k', 'rand_k') else ''}, "
+              f"memory {'on' if run.rule.memory else 'off'}, n={run.n} d={run.d}, "
+              f"{run.rounds} rounds of b={run.cfg.batch_size} -> {cfg.out}", flush=True)
+    try:
+        run.loop(writer)
+        final = run.gather_final()
+    except Exception as exc:  # one failing rank must end the whole job, not deadlock it
+        report(f"rank {run.rank}: {type(exc).__name__}: {exc}")
+        if writer is not None:
+            writer.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        sys.stderr.flush()
+        comm.Abort(1)
+    if run.rank == 0:
+        memories, identical, timing = final
+        writer.finish("complete", x=run.replica.x(), xbar=xbar_of(run.replica, run.averager),
+                      memories=memories, timing=timing, timing_columns=TIMING_COLUMNS,
+                      extra_attrs={"replicas_identical": identical})
+    return 0

@@ -1,0 +1,57 @@
+"""Step sizes and averaging weights (SPEC "Step sizes and averaging").
+
+The schedule's clock t counts samples per worker: round r of mini-batch b has t = r * b, so b = 1
+is the paper's per-sample schedule, and a mini-batch of b samples takes one step of b * eta_t
+times the mean gradient (the sum of the b gradients times eta_t; linear scaling).
+"""
+from dataclasses import dataclass
+
+SCHEDULES = ("decay", "bottou", "constant")
+AVERAGINGS = ("quadratic", "uniform", "none")
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """eta_t for the three schedules of the paper.
+
+    decay:    eta_t = gamma / (lam * (t + a))        (theory: gamma = 8, a = 5 d/k; experiments: gamma = 2, a = d/k)
+    bottou:   eta_t = gamma / (1 + gamma * lam * t)
+    constant: eta_t = gamma
+    """
+
+    kind: str
+    gamma: float
+    lam: float
+    shift: float
+
+    def eta(self, t: float) -> float:
+        if self.kind == "decay":
+            return self.gamma / (self.lam * (t + self.shift))
+        if self.kind == "bottou":
+            return self.gamma / (1.0 + self.gamma * self.lam * t)
+        return self.gamma
+
+
+@dataclass(frozen=True)
+class AveragingWeights:
+    """Weights w_t of the averaged iterate xbar_T = sum_t w_t x_t / sum_t w_t.
+
+    quadratic: w_t = (a + t)^2 (the paper);  uniform: w_t = 1;  none: xbar is the last iterate.
+    """
+
+    kind: str
+    shift: float
+
+    def weight(self, t: float) -> float:
+        if self.kind == "quadratic":
+            return (self.shift + t) ** 2
+        return 1.0
+
+
+def parse_shift(text, d: int, k: int) -> float:
+    """The shift a from a number or a multiple of d/k: '2000', 'd/k', '5d/k', '5*d/k'."""
+    s = str(text).replace(" ", "").replace("*", "")
+    if s.endswith("d/k"):
+        factor = s[: -len("d/k")]
+        return (float(factor) if factor else 1.0) * d / k
+    return float(s)

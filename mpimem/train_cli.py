@@ -1,0 +1,50 @@
+"""`mpimem train DATA.h5 ...`: the options of Mem-SGD training (run under mpiexec -n W+1)."""
+import argparse
+
+from .compressors import COMPRESSORS
+from .config import L2_PLACEMENTS, MODES, TOPOLOGIES, merge
+from .schedule import AVERAGINGS, SCHEDULES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train with Mem-SGD under MPI (rank 0 server, 1..W workers)",
+                       description="Train L2-regularised logistic regression with compressed, "
+                                   "error-feedback SGD. Launch: mpiexec -n W+1 mpimem train DATA.h5")
+    p.add_argument("data", help="mpimem data set (HDF5, see `mpimem data`)")
+    p.add_argument("--out", help="run file to write (default RUN.h5)")
+    p.add_argument("--config", help="TOML file with settings; options given here override it")
+    g = p.add_argument_group("compression")
+    g.add_argument("--compressor", choices=COMPRESSORS, help="operator (default top_k)")
+    g.add_argument("--k", type=int, help="coordinates kept by top_k/rand_k (default 1)")
+    g.add_argument("--k-fraction", type=float, help="k as a fraction of d")
+    g.add_argument("--bits", type=int, help="qsgd: bits per entry on the wire, sign included (default 4)")
+    g.add_argument("--levels", type=int, help="qsgd: number of levels s (instead of --bits)")
+    g.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="error feedback (default on; --no-memory for the memory-less baselines)")
+    g = p.add_argument_group("budget and steps")
+    g.add_argument("--epochs", type=float, help="passes over the data (default 1)")
+    g.add_argument("--samples", type=int, help="sample budget instead of --epochs")
+    g.add_argument("--batch-size", type=int, help="local mini-batch b per worker and round (default 1)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="decay gamma/(lam(t+a)) (default), "
+                   "bottou gamma/(1+gamma lam t), constant gamma")
+    g.add_argument("--gamma", type=float, help="step-size constant (default 2)")
+    g.add_argument("--shift", help="shift a of the decay schedule and weights: a number or 'd/k', '5d/k' (default d/k)")
+    g.add_argument("--averaging", choices=AVERAGINGS, help="weights of xbar: quadratic (a+t)^2 (default), uniform, none")
+    g.add_argument("--lam", type=float, help="L2 regularisation lambda (default 1/n)")
+    g.add_argument("--l2", choices=L2_PLACEMENTS, help="where the L2 term acts: server (fast, "
+                   "default) or worker (paper-exact, inside the compressed vector)")
+    g = p.add_argument_group("system")
+    g.add_argument("--mode", choices=MODES, help="sync (default)")
+    g.add_argument("--topology", choices=TOPOLOGIES, help="server (default)")
+    g.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
+    g.add_argument("--eval-every", type=float, help="epochs between evaluations (default: 10 points a run)")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .mpirun import train
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    cfg = merge(cli, args.config)
+    return train(cfg)

@@ -1,0 +1,191 @@
+"""Compression operators: error-feedback identity, contraction bounds, unbiasedness, wire bytes,
+and the top-k heap against the scan (SPEC "Compression operators")."""
+import math
+
+import numpy as np
+import pytest
+from numba import njit
+
+from mpimem import kernels as K
+from mpimem.compressors import make_compressor, sparse_or_dense_nbytes
+from mpimem.rng import QUANTISE, stream_state
+
+D = 257
+
+
+class FakeWorker:
+    """The fields of a WorkerState that compress() reads (a real state needs a shard)."""
+
+    def __init__(self, d, worker=1, msg_bytes=None, seed=0):
+        self.worker = worker
+        self.m = np.zeros(d)
+        self.cand = np.zeros(d, np.int64)
+        self.ncand = -1
+        self.heap = self.pos = self.key = np.zeros(0, np.int64)
+        self.rng_quant = stream_state(seed, worker, QUANTISE)
+        self.msg = np.zeros(msg_bytes or 8 * d + 8, np.uint8)
+
+
+def compress(comp, v, ws=None, r=0):
+    """(u decoded as the server decodes it, m after compression, bytes on the wire)."""
+    ws = ws or FakeWorker(v.size)
+    ws.m[:] = v
+    nbytes = comp.compress(ws, r)
+    u = comp.decode(ws.msg[:nbytes].copy(), ws.worker, r)
+    return u, ws.m.copy(), nbytes
+
+
+OPERATORS = [("top_k", dict(k=5)), ("rand_k", dict(k=5)), ("qsgd", dict(levels=7)),
+             ("qsgd", dict(levels=127)), ("ternary", {}), ("sign", {}), ("none", {})]
+
+
+@pytest.mark.parametrize("name,kw", OPERATORS)
+@pytest.mark.parametrize("memory", [True, False])
+def test_error_feedback_identity_is_exact(name, kw, memory):
+    """m = v - u bit for bit, with u the message as the server decodes it: what is not sent stays
+    in memory. For the sparsifiers u + m == v exactly (the float32 wire residual v - f32(v) is
+    exact in float64); for the quantisers u + m differs from v by one rounding
+    (1 ulp of the largest of |u|, |m|, |v|)."""
+    comp = make_compressor(name, D, memory=memory, seed=3, **kw)
+    rng = np.random.default_rng(1)
+    ws = FakeWorker(D)
+    for r in range(20):
+        v = rng.standard_normal(D) * 10.0 ** rng.integers(-8, 8)
+        u, m, _ = compress(comp, v, ws, r)
+        assert np.array_equal(m, v - u)  # (the engine drops m when memory is off)
+        if name in ("top_k", "rand_k", "none"):
+            assert np.array_equal(u + m, v)
+        else:
+            scale = np.maximum(np.maximum(np.abs(u), np.abs(m)), np.abs(v))
+            assert np.all(np.abs(u + m - v) <= np.spacing(scale))
+
+
+@pytest.mark.parametrize("name,kw,formula", [
+    ("top_k", dict(k=5), 8 * 5), ("rand_k", dict(k=5), 4 * 5),
+    ("qsgd", dict(levels=7), 4 + math.ceil(D * 4 / 8)), ("qsgd", dict(levels=127), 4 + D),
+    ("ternary", {}, 4 + math.ceil(D * 2 / 8)), ("sign", {}, 4 + math.ceil(D / 8)),
+    ("none", {}, 4 * D)])
+def test_wire_bytes_match_the_encoding_formula(name, kw, formula):
+    comp = make_compressor(name, D, **kw)
+    _, _, nbytes = compress(comp, np.random.default_rng(0).standard_normal(D))
+    assert nbytes == formula == comp.max_message_bytes()
+
+
+def test_identity_sends_sparse_vectors_sparse():
+    comp = make_compressor("none", D)
+    ws = FakeWorker(D)
+    ws.m[[3, 70, 200]] = [1.0, -2.0, 3.0]
+    ws.cand[:3] = [3, 70, 200]
+    ws.ncand = 3
+    nbytes = comp.compress(ws, 0)
+    assert nbytes == sparse_or_dense_nbytes(3, D) == 24
+    u = comp.decode(ws.msg[:nbytes].copy())
+    assert np.flatnonzero(u).tolist() == [3, 70, 200] and u[70] == -2.0
+
+
+def test_top_k_keeps_largest_magnitudes_with_smaller_index_on_ties():
+    v = np.zeros(D)
+    v[[10, 20, 30, 40]] = [3.0, -5.0, 5.0, 1.0]
+    comp = make_compressor("top_k", D, k=2)
+    u, m, _ = compress(comp, v)
+    assert np.flatnonzero(u).tolist() == [20, 30]
+    comp = make_compressor("top_k", D, k=1)
+    u, _, _ = compress(comp, v)
+    assert np.flatnonzero(u).tolist() == [20]
+
+
+def contraction_gap(name, kw, v, draws, memory=True):
+    """Mean ||v - comp(v)||^2 over draws, and the bound (1 - k/d) ||v||^2 of SPEC."""
+    comp = make_compressor(name, D, memory=memory, seed=11, **kw)
+    ws = FakeWorker(D)
+    errs = [np.sum(compress(comp, v, ws, r)[1] ** 2) for r in range(draws)]
+    if name in ("top_k", "rand_k"):
+        delta = kw["k"] / D
+    elif name == "sign":
+        delta = np.sum(np.abs(v)) ** 2 / (D * np.sum(v**2))
+    else:
+        delta = 1.0 / comp.divisor  # rescaled quantiser Q/(1+beta)
+    return float(np.mean(errs)), (1 - delta) * float(v @ v)
+
+
+@pytest.mark.parametrize("name,kw", OPERATORS[:-1])
+def test_contraction_bound_holds_empirically(name, kw):
+    """E||v - comp_k(v)||^2 <= (1 - k/d)||v||^2 (2000 draws; 1% slack for the sampling error of
+    the random operators, 1e-6 for the deterministic ones' float32 wire rounding)."""
+    rng = np.random.default_rng(5)
+    for v in (rng.standard_normal(D), rng.standard_normal(D) ** 3, np.eye(D)[7] * 4.0):
+        mean, bound = contraction_gap(name, kw, v, draws=2000 if name in ("rand_k", "qsgd", "ternary") else 3)
+        slack = 0.01 if name in ("rand_k", "qsgd", "ternary") else 1e-6
+        assert mean <= bound * (1 + slack) + 1e-12, (mean, bound)
+
+
+def test_rand_k_meets_its_contraction_with_equality_in_expectation():
+    """rand-k: E||v - comp(v)||^2 = (1 - k/d)||v||^2 exactly in expectation (a sharp check)."""
+    v = np.random.default_rng(9).standard_normal(D)
+    mean, bound = contraction_gap("rand_k", dict(k=20), v, draws=4000)
+    assert abs(mean - bound) <= 0.02 * bound
+
+
+@pytest.mark.parametrize("name,kw", [("ternary", {}), ("qsgd", dict(levels=3)), ("qsgd", dict(levels=7))])
+def test_unbiased_quantisers_are_unbiased(name, kw):
+    """Without memory Q is unbiased: each coordinate's sample mean over N = 20000 draws lies
+    within 5 standard errors of v_i (a false alarm somewhere in d = 257 has probability < 1e-4)."""
+    comp = make_compressor(name, D, memory=False, seed=2, **kw)
+    v = np.random.default_rng(4).standard_normal(D)
+    ws = FakeWorker(D)
+    N = 20000
+    total, total_sq = np.zeros(D), np.zeros(D)
+    for r in range(N):
+        u, _, _ = compress(comp, v, ws, r)
+        total += u
+        total_sq += u * u
+    mean = total / N
+    stderr = np.sqrt(np.maximum(total_sq / N - mean**2, 1e-30) / N)
+    assert np.all(np.abs(mean - v) <= 5 * stderr + 1e-12)
+    # and it is a real quantiser: the levels are multiples of ||v|| / s
+    norm32 = float(np.float32(np.linalg.norm(v)))
+    steps = u / (norm32 / comp.levels)
+    assert np.allclose(steps, np.round(steps), atol=1e-6)
+
+
+@njit
+def _pack_unpack(codes, bits):
+    body = np.zeros((codes.size * bits + 7) // 8 + 1, np.uint8)
+    for i in range(codes.size):
+        K._put_code(body, i, bits, codes[i])
+    out = np.empty_like(codes)
+    for i in range(codes.size):
+        out[i] = K._get_code(body, i, bits)
+    return out
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_bit_packing_round_trip(bits):
+    codes = np.random.default_rng(bits).integers(0, 2**bits, size=1001)
+    assert np.array_equal(_pack_unpack(codes, bits), codes)
+
+
+def test_heap_top_k_equals_scan_top_k_over_many_sparse_rounds():
+    """The indexed heap (sparse data fast path) selects the same coordinates, in the same
+    order, as the full scan, round after round, ties included."""
+    d, k = 3000, 7
+    rng = np.random.default_rng(8)
+    m_heap = np.zeros(d)
+    m_scan = np.zeros(d)
+    key = np.zeros(d)
+    heap = np.arange(d, dtype=np.int64)
+    pos = np.arange(d, dtype=np.int64)
+    sel, vals_h, vals_s = np.zeros(k, np.int64), np.zeros(k, np.float32), np.zeros(k, np.float32)
+    hk, hi, sel_s = np.zeros(k), np.zeros(k, np.int64), np.zeros(k, np.int64)
+    for _ in range(300):
+        idx = rng.choice(d, size=40, replace=False)
+        delta = np.round(rng.standard_normal(40), 1)  # coarse values: many exact ties
+        for j, dv in zip(idx, delta):
+            m_heap[j] += dv
+            m_scan[j] += dv
+            K.heap_set_key(heap, pos, key, j, abs(m_heap[j]))
+        K.heap_emit_top_k(m_heap, heap, pos, key, k, sel, vals_h)
+        n = K.top_k_scan(m_scan, sel_s, -1, k, sel_s, hk, hi)
+        K.emit_sparse(m_scan, sel_s, n, vals_s)
+        assert sel.tolist() == sel_s.tolist()
+        assert np.array_equal(vals_h, vals_s) and np.array_equal(m_heap, m_scan)
