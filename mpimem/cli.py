@@ -7,14 +7,15 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import MpimemError, report
+from .errors import MpimemError, launcher_rank, report
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (`mpimem: error: ...`) and exit status 2."""
 
     def error(self, message):
-        report(f"{self.prog}: {message}")
+        if launcher_rank() == 0:
+            report(f"{self.prog}: {message}")
         sys.exit(2)
 
 

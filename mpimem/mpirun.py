@@ -220,6 +220,11 @@ class Run:
         }
 
 
+def select_loop(cfg):
+    """The round loop for the configured mode and topology (sync parameter server by default)."""
+    return Run.loop
+
+
 def train(cfg) -> int:
     """Entry point of `mpimem train` on every rank."""
     from mpi4py import MPI
@@ -234,7 +239,7 @@ def train(cfg) -> int:
               f"memory {'on' if run.rule.memory else 'off'}, n={run.n} d={run.d}, "
               f"{run.rounds} rounds of b={run.cfg.batch_size} -> {cfg.out}", flush=True)
     try:
-        run.loop(writer)
+        select_loop(run.cfg)(run, writer)
         final = run.gather_final()
     except Exception as exc:  # one failing rank must end the whole job, not deadlock it
         report(f"rank {run.rank}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,109 @@
+"""`mpiexec -n W+1 mpimem train` against the in-process simulator, bit for bit (W = 1..4),
+with exact byte accounting, replicas identical to the server's x, and the run file's layout."""
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_mpi, run_cli
+from datasets import make_dataset
+from mpimem.config import merge, resolve
+from mpimem.data.dataset import read_meta, read_shard
+from mpimem.runfile import read_run
+from mpimem.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def eps(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("eps") / "eps.h5", "epsilon", 1200, 120)
+
+
+@pytest.fixture(scope="module")
+def rcv(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("rcv") / "rcv.h5", "rcv1", 1200, 3000)
+
+
+def cli_args(opts):
+    args = []
+    for key, value in opts.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False:
+            args.append("--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, value]
+    return args
+
+
+def oracle(data, workers, opts):
+    """The simulator's run of the same settings on the same shards."""
+    meta = read_meta(data)
+    cfg = resolve(merge(dict(data=data, **opts)), meta.n, meta.d, workers)
+    shards = [read_shard(data, w, workers) for w in range(workers)]
+    return simulate(cfg, [(s.X, s.y) for s in shards], meta.d, evaluate=False)
+
+
+CASES = [
+    ("eps", 1, dict(compressor="top_k", k=1)),
+    ("eps", 2, dict(compressor="top_k", k=3, batch_size=4)),
+    ("eps", 3, dict(compressor="qsgd", bits=4, memory=True)),
+    ("eps", 4, dict(compressor="rand_k", k=2)),
+    ("eps", 2, dict(compressor="top_k", k=2, l2="worker", averaging="uniform")),
+    ("rcv", 2, dict(compressor="top_k", k=10)),             # indexed-heap path
+    ("rcv", 3, dict(compressor="rand_k", k=10, memory=False)),
+    ("rcv", 1, dict(compressor="none", schedule="bottou", gamma=1.0)),
+    ("rcv", 2, dict(compressor="sign", schedule="constant", gamma=0.05, averaging="none")),
+]
+
+
+@pytest.mark.parametrize("which,workers,opts", CASES,
+                         ids=[f"{c[0]}-W{c[1]}-{c[2]['compressor']}" for c in CASES])
+def test_mpi_run_equals_simulator_bit_for_bit(which, workers, opts, eps, rcv, tmp_path):
+    data = {"eps": eps, "rcv": rcv}[which]
+    opts = dict(opts, epochs=1.5, seed=7)
+    out = tmp_path / "run.h5"
+    proc = run_mpi(workers + 1, ["train", data, "--out", out, "--quiet", *cli_args(opts)],
+                   timeout=180, check=True)
+    assert proc.stdout == ""  # --quiet: nobody prints
+    run = read_run(out)
+    sim = oracle(data, workers, opts)
+    assert run["attrs"]["status"] == "complete"
+    assert run["attrs"]["workers"] == workers
+    assert bool(run["attrs"]["replicas_identical"])
+    assert np.array_equal(run["final"]["x"], sim.x)
+    assert np.array_equal(run["final"]["xbar"], sim.xbar)
+    assert np.array_equal(run["final"]["memory"], sim.memories)
+    assert run["metrics"]["bytes_up"][-1] == sim.bytes_up.sum()
+    assert run["metrics"]["bytes_down"][-1] == sim.bytes_down.sum()
+    assert run["timing"]["seconds"].shape == (workers + 1, 5)
+
+
+def test_byte_counts_follow_the_wire_formula(eps, tmp_path):
+    """top-k: 8k bytes up per worker and round; down: 8-byte length + 8 bytes per union entry."""
+    out = tmp_path / "run.h5"
+    run_mpi(3, ["train", eps, "--out", out, "--quiet", "--compressor", "top_k", "--k", "5",
+                "--samples", 600], check=True)
+    run = read_run(out)
+    rounds = run["attrs"]["rounds"]
+    assert rounds == 300
+    assert run["metrics"]["bytes_up"][-1] == 2 * rounds * 8 * 5
+    down = run["metrics"]["bytes_down"][-1]
+    # the union of two workers' 5 indices has 5..10 entries each round
+    assert 2 * rounds * (8 + 8 * 5) <= down <= 2 * rounds * (8 + 8 * 10)
+    assert (down - 2 * rounds * 8) % 16 == 0
+
+
+def test_run_file_layout_and_info(eps, tmp_path):
+    out = tmp_path / "run.h5"
+    proc = run_mpi(3, ["train", eps, "--out", out, "--epochs", 1, "--eval-every", 0.25], check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("mpimem train: 2 workers") and len(lines) == 6  # header + 5 points
+    with h5py.File(out) as h5:
+        assert h5.attrs["format"] == "mpimem-run" and h5.attrs["status"] == "complete"
+        assert list(h5["metrics/epoch"][()]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert h5.attrs["mpi_version"].startswith("MPICH")
+        assert np.isfinite(h5.attrs["fstar"])
+        subopt = h5["metrics/subopt_xbar"][()]
+        assert np.all(subopt[1:] > 0) and subopt[-1] < subopt[1]
+    info = run_cli(["info", out], check=True)
+    assert "status complete" in info.stdout and "f(xbar)-f*" in info.stdout
