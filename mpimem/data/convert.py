@@ -1,0 +1,144 @@
+"""`mpimem data convert`: LIBSVM text (plain, .gz, .bz2, .xz) to a data-set file, streamed.
+
+Two passes, neither holding the data in memory:
+1. parse: the text is read in blocks of whole lines (`textstream`), parsed (`libsvm`) and
+   appended in CSR form, with the labels and indices as written, to a staging file next to
+   OUT; this pass learns n, d, nnz, the label set and, for `--index-base auto`, the base;
+2. transcribe: the staging file is copied row block by row block into OUT (a temporary name,
+   renamed at the end), mapping labels to {-1, +1}, shifting indices to zero-based and, for
+   dense storage, scattering rows into /X.
+Memory is bounded by the block size (a few tens of bytes per byte of text in a block, and
+about as many bytes of values per transcription step), not by the size of the file. Any error leaves neither OUT nor the staging file behind.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import MpimemError
+from .h5write import CSRWriter, DenseWriter, atomic_h5, scratch_h5, write_header
+from .libsvm import LineError, parse_block
+from .textstream import LineBlocks
+
+DENSE_ABOVE = 0.25           # --storage auto: dense when nnz / (n d) exceeds this
+LABEL_MAPS = {(-1.0, 1.0): {-1: -1, 1: 1},
+              (0.0, 1.0): {0: -1, 1: 1},
+              (1.0, 2.0): {1: -1, 2: 1}}
+
+
+@dataclass
+class _Scan:
+    """What the parse pass learns: the label set (with the line where each label first
+    appeared), the smallest raw index and the largest (with its line)."""
+
+    path: str
+    labels: dict = field(default_factory=dict)
+    min_index: int = None
+    max_index: int = -1
+    max_index_line: int = 0
+
+    def add(self, block):
+        """Fold a parsed block in; MpimemError (with the line) for a third class or a label
+        pair that is not {-1,+1}, {0,1} or {1,2}."""
+        values, first = np.unique(block.labels, return_index=True)
+        for order in np.argsort(first):
+            label = float(values[order])
+            if label in self.labels:
+                continue
+            self.labels[label] = int(block.lines[first[order]])
+            if len(self.labels) > 2:
+                shown = ", ".join(f"{v:g}" for v in sorted(self.labels))
+                raise MpimemError(f"{self.path}:{self.labels[label]}: more than two classes "
+                                  f"(labels {shown}); only binary classification is supported")
+            if self.label_map() is None:
+                a, b = sorted(self.labels)
+                raise MpimemError(f"{self.path}:{self.labels[label]}: labels {a:g} and {b:g} "
+                                  "are not one of the pairs {-1,+1}, {0,1}, {1,2}")
+        if block.indices.size:
+            low, top = int(block.indices.min()), int(block.indices.argmax())
+            self.min_index = low if self.min_index is None else min(self.min_index, low)
+            if block.indices[top] > self.max_index:
+                self.max_index = int(block.indices[top])
+                row = np.searchsorted(block.indptr, top, side="right") - 1
+                self.max_index_line = int(block.lines[row])
+
+    def label_map(self):
+        """{raw label: -1 or +1} for the labels seen, or None if they fit no allowed pair."""
+        for pair, mapping in LABEL_MAPS.items():
+            if set(self.labels) <= set(pair):
+                return mapping
+        return None
+
+
+def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64",
+            block_bytes=4 << 20) -> dict:
+    """Convert LIBSVM file `src` into data-set file `out`; a summary dict (n, d, nnz, ...).
+
+    index_base: "0", "1" or "auto" (zero-based if any index is 0, else one-based).
+    storage: "dense", "csr" or "auto" (dense when the density exceeds DENSE_ABOVE).
+    d: number of columns (default: largest index + 1 after the base shift)."""
+    blocks = LineBlocks(str(src), block_bytes)
+    scan = _Scan(str(src))
+    with scratch_h5(out) as stage:
+        staged = CSRWriter(stage, np.float64)
+        for buf, first_line in blocks:
+            try:
+                block = parse_block(buf, first_line, 1 if index_base == "1" else 0)
+            except LineError as exc:
+                raise MpimemError(f"{src}:{exc.line}: {exc.problem}") from None
+            scan.add(block)
+            staged.append(block.indptr, block.indices, block.values, block.labels)
+        if staged.n == 0:
+            raise MpimemError(f"{src}: empty file (no data lines)")
+        base = {"0": 0, "1": 1}.get(index_base, 0 if scan.min_index == 0 else 1)
+        width = _columns(scan, base, d)
+        density = staged.nnz / (staged.n * width)
+        final = storage if storage != "auto" else ("dense" if density > DENSE_ABOVE else "csr")
+        with atomic_h5(out) as f:
+            writer = DenseWriter(f, width, dtype) if final == "dense" else CSRWriter(f, dtype)
+            _transcribe(stage, writer, base, scan.label_map(), block_bytes)
+            write_header(f, n=writer.n, d=width, nnz=writer.nnz, storage=final,
+                         source=str(src), source_bytes=blocks.source_bytes,
+                         source_sha256=blocks.source_sha256, index_base=base,
+                         compression=blocks.compression,
+                         source_labels=",".join(f"{v:g}" for v in sorted(scan.labels)))
+    return dict(n=writer.n, d=width, nnz=writer.nnz, storage=final, index_base=base,
+                density=density, source_bytes=blocks.source_bytes)
+
+
+def _columns(scan, base, d):
+    """The number of columns: `d` if given (checked against the largest index), else the
+    largest zero-based index + 1."""
+    needed = scan.max_index - base + 1
+    if d is None:
+        if needed <= 0:
+            raise MpimemError(f"{scan.path}: no features in any row (give --d to set the width)")
+        return needed
+    if needed > d:
+        raise MpimemError(f"{scan.path}:{scan.max_index_line}: index {scan.max_index} is beyond "
+                          f"--d {d} (index base {base})")
+    return d
+
+
+def _transcribe(stage, writer, base, label_map, block_bytes):
+    """Copy the staged rows into `writer`, about `block_bytes` of values at a time: labels
+    mapped to {-1, +1}, indices made zero-based."""
+    n, nnz = stage["y"].shape[0], stage["data"].shape[0]
+    row_bytes = 8 * (writer.X.shape[1] if writer.storage == "dense" else max(1, nnz // n))
+    step = max(1, block_bytes // row_bytes)
+    lookup = np.zeros(256, np.int8)
+    for raw, label in label_map.items():
+        lookup[raw % 256] = label
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        indptr = stage["indptr"][start:stop + 1]
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        indptr = indptr - lo
+        indices = stage["indices"][lo:hi].astype(np.int64) - base
+        values = stage["data"][lo:hi]
+        labels = lookup[stage["y"][start:stop].astype(np.uint8)]
+        if writer.storage == "dense":
+            rows = np.zeros((stop - start, writer.X.shape[1]), writer.X.dtype)
+            rows[np.repeat(np.arange(stop - start), np.diff(indptr)), indices] = values
+            writer.append(rows, labels)
+        else:
+            writer.append(indptr, indices, values, labels)

@@ -1,0 +1,107 @@
+"""Read a text file (plain, gzip, bzip2 or xz) as blocks of whole lines in bounded memory.
+
+The compression is recognised by the file's magic bytes, not its name. The raw (compressed)
+bytes are hashed on the way in, so a conversion records the source's SHA-256 without reading
+the file twice. Each block ends with a newline (one is appended to a last line without one);
+a single line longer than the block size is read whole.
+"""
+import bz2
+import gzip
+import hashlib
+import lzma
+import zlib
+from dataclasses import dataclass, field
+
+from ..errors import MpimemError
+
+_MAGIC = ((b"\x1f\x8b", "gzip", gzip.open),
+          (b"BZh", "bzip2", bz2.open),
+          (b"\xfd7zXZ\x00", "xz", lzma.open))
+
+# What a damaged or truncated compressed stream raises, by module.
+_STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, OSError)
+
+
+class _HashingReader:
+    """A binary file wrapper that feeds every byte read into a SHA-256 and counts them."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.nbytes = 0
+
+    def read(self, size=-1):
+        chunk = self.raw.read(size)
+        self.sha256.update(chunk)
+        self.nbytes += len(chunk)
+        return chunk
+
+    def readinto(self, buf):
+        chunk = self.read(len(buf))
+        buf[:len(chunk)] = chunk
+        return len(chunk)
+
+    def readable(self):
+        return True
+
+    def close(self):
+        self.raw.close()
+
+
+@dataclass
+class LineBlocks:
+    """Iterate over `(block, first_line)`: `block` is bytes of whole lines, `first_line` the
+    1-based number of its first line. After the iteration, `source_bytes` and `source_sha256`
+    describe the raw file and `compression` names its format ("none", "gzip", "bzip2", "xz")."""
+
+    path: str
+    block_bytes: int
+    compression: str = "none"
+    source_bytes: int = 0
+    source_sha256: str = ""
+    _hasher: _HashingReader = field(default=None, repr=False)
+
+    def __iter__(self):
+        try:
+            raw = open(self.path, "rb")
+        except OSError as exc:
+            raise MpimemError(f"{self.path}: cannot read input: {exc.strerror or exc}") from None
+        self._hasher = _HashingReader(raw)
+        try:
+            yield from self._blocks()
+        finally:
+            self._hasher.close()
+        self.source_bytes = self._hasher.nbytes
+        self.source_sha256 = self._hasher.sha256.hexdigest()
+
+    def _open_stream(self):
+        head = self._hasher.raw.read(8)
+        self._hasher.raw.seek(0)
+        for magic, name, opener in _MAGIC:
+            if head.startswith(magic):
+                self.compression = name
+                return opener(self._hasher, "rb")
+        return self._hasher
+
+    def _blocks(self):
+        stream = self._open_stream()
+        first_line, carry = 1, b""
+        while True:
+            try:
+                chunk = stream.read(self.block_bytes)
+            except _STREAM_ERRORS as exc:
+                line = first_line + carry.count(b"\n")
+                raise MpimemError(f"{self.path}:{line}: truncated or corrupt {self.compression} "
+                                  f"stream ({exc})") from None
+            if not chunk:
+                break
+            cut = chunk.rfind(b"\n")
+            if cut < 0:
+                carry += chunk
+                continue
+            block, carry = carry + chunk[:cut + 1], chunk[cut + 1:]
+            yield block, first_line
+            first_line += block.count(b"\n")
+        if carry:
+            yield carry + b"\n", first_line
+

@@ -1,0 +1,46 @@
+"""L2-regularised logistic regression (SPEC "Problem"), dense or CSR rows.
+
+    f(x) = (1/n) sum_i log(1 + exp(-b_i a_i^T x)) + (lam/2) ||x||^2
+    grad f(x) = -(1/n) sum_i b_i sigma(-b_i a_i^T x) a_i + lam x,    sigma(t) = 1/(1+exp(-t))
+
+with rows a_i of X and labels b_i in {-1, +1}. log(1+exp(-m)) is evaluated as
+logaddexp(0, -m) and sigma by scipy's expit, so no margin overflows.
+"""
+import numpy as np
+from scipy.special import expit
+
+
+def _margins(X, y, x):
+    """m_i = b_i a_i^T x."""
+    return y * (X @ x)
+
+
+def loss_terms(X, y, x) -> tuple[float, int]:
+    """(sum_i log(1 + exp(-b_i a_i^T x)), #{i : b_i a_i^T x > 0}) over the rows of this block.
+
+    No L2 term and no division by n: ranks add their sums up. A row is correct when
+    sign(a_i^T x) = b_i, a zero margin counting as wrong."""
+    m = _margins(X, y, x)
+    return float(np.logaddexp(0.0, -m).sum()), int(np.count_nonzero(m > 0))
+
+
+def objective(X, y, x, lam) -> float:
+    """f(x) over all rows of X."""
+    loss, _ = loss_terms(X, y, x)
+    return loss / X.shape[0] + 0.5 * lam * float(x @ x)
+
+
+def objective_and_grad(X, y, x, lam) -> tuple[float, np.ndarray]:
+    """(f(x), grad f(x)) over all rows of X; the gradient is float64 of length d."""
+    n = X.shape[0]
+    m = _margins(X, y, x)
+    f = np.logaddexp(0.0, -m).sum() / n + 0.5 * lam * float(x @ x)
+    g = X.T @ (-y * expit(-m) / n) + lam * x
+    return float(f), np.asarray(g, np.float64)
+
+
+def hessian_vector(X, y, x, lam):
+    """v -> Hessian(f)(x) v = (1/n) X^T diag(s_i (1 - s_i)) X v + lam v, s_i = sigma(m_i)."""
+    s = expit(_margins(X, y, x))
+    weight = s * (1.0 - s) / X.shape[0]
+    return lambda v: X.T @ (weight * (X @ v)) + lam * v
