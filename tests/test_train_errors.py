@@ -1,0 +1,101 @@
+"""Bad settings are refused before any work: one line `mpimem: error: ...` from rank 0 only,
+exit status 2 on every rank, no traceback, no run file left behind."""
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_mpi
+from datasets import make_dataset
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("err") / "small.h5", "epsilon", 40, 8, optimum=False)
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory, small):
+    path = tmp_path_factory.mktemp("err") / "nolabels.h5"
+    with h5py.File(small) as src, h5py.File(path, "w") as dst:
+        dst.attrs.update(src.attrs)
+        dst["X"] = src["X"][()]
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def with_nan(tmp_path_factory, small):
+    path = tmp_path_factory.mktemp("err") / "nan.h5"
+    with h5py.File(small) as src, h5py.File(path, "w") as dst:
+        dst.attrs.update(src.attrs)
+        X = src["X"][()]
+        X[37, 3] = np.nan  # in the last worker's shard only
+        dst["X"] = X
+        dst["y"] = src["y"][()]
+    return str(path)
+
+
+def refused(nranks, args, tmp_path, expect):
+    out = tmp_path / "run.h5"
+    proc = run_mpi(nranks, ["train", *args, "--out", out], timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("mpimem: error: "), proc.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--k", "9"], "1 <= k <= d = 8"),
+    (["--k", "0"], "1 <= k <= d = 8"),
+    (["--compressor", "nope"], "invalid choice: 'nope'"),
+    (["--lam", "0"], "needs --lam > 0"),
+    (["--lam", "-1", "--schedule", "bottou"], "--lam must be"),
+    (["--bits", "1", "--compressor", "qsgd"], "--bits must be in 2..16"),
+    (["--epochs", "0"], "--epochs must be > 0"),
+    (["--batch-size", "30"], "exceeds the smallest shard"),
+    (["--shift", "abc"], "--shift must be a number"),
+])
+def test_bad_settings_are_refused(small, tmp_path, args, expect):
+    refused(3, [small, *args], tmp_path, expect)
+
+
+def test_more_workers_than_rows(tmp_path):
+    tiny = make_dataset(tmp_path / "tiny.h5", "epsilon", 2, 4, optimum=False)
+    refused(4, [tiny], tmp_path, "3 workers but the data set has only n = 2 rows")
+
+
+def test_too_few_ranks(small, tmp_path):
+    refused(1, [small], tmp_path, "needs at least 2 MPI ranks")
+
+
+def test_missing_labels(unlabeled, tmp_path):
+    refused(3, [unlabeled], tmp_path, "/y is missing")
+
+
+def test_nan_in_one_workers_shard_stops_every_rank(with_nan, tmp_path):
+    refused(3, [with_nan], tmp_path, "NaN or Inf")
+
+
+def test_missing_data_file(tmp_path):
+    refused(2, [tmp_path / "absent.h5"], tmp_path, "no such file")
+
+
+def test_unwritable_output_directory(small, tmp_path):
+    proc = run_mpi(2, ["train", small, "--out", tmp_path / "no" / "such" / "run.h5"], timeout=60)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_toml_config_with_command_line_override(small, tmp_path):
+    """Settings come from a TOML file; the command line overrides; the run file stores both merged."""
+    from mpimem.runfile import read_run
+
+    toml = tmp_path / "study.toml"
+    toml.write_text('[train]\ncompressor = "rand_k"\nk = 3\nepochs = 0.5\nseed = 5\n')
+    out = tmp_path / "run.h5"
+    run_mpi(2, ["train", small, "--config", toml, "--k", "2", "--out", out, "--quiet"], check=True)
+    cfg = read_run(out)["attrs"]["config"]
+    assert (cfg["compressor"], cfg["k"], cfg["epochs"], cfg["seed"]) == ("rand_k", 2, 0.5, 5)
+    toml.write_text('[train]\ncompresor = "rand_k"\n')
+    refused(2, [small, "--config", toml], tmp_path, "unknown setting(s) compresor")
