@@ -49,6 +49,10 @@ class TrainConfig:
     seed: int = 0
     eval_every: float = None
     quiet: bool = False
+    # checkpoints (mpimem.checkpoint; docs/checkpoints.md)
+    checkpoint_every: str = None
+    keep_checkpoints: int = 2
+    resume: str = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -86,6 +86,27 @@ class WorkerState:
         if use_heap:
             self.rebuild_heap()
 
+    STATE = ("m", "perm", "cursor", "rng_sample", "rng_quant", "timing")
+
+    def state_dict(self) -> dict:
+        """Copies of everything a checkpoint saves for this worker (mpimem.checkpoint)."""
+        state = {key: np.array(getattr(self, key), copy=True) for key in self.STATE}
+        state.update(bytes_up=np.int64(self.bytes_up), bytes_down=np.int64(self.bytes_down))
+        return state
+
+    def load_state(self, state: dict) -> None:
+        """Restore from state_dict(); the heap (derived from m) is rebuilt when in use."""
+        for key in self.STATE:
+            current = getattr(self, key)
+            value = np.asarray(state[key], dtype=current.dtype)
+            if value.shape != current.shape:
+                raise ValueError(f"worker {self.worker}: checkpoint {key} has shape "
+                                 f"{value.shape}, expected {current.shape}")
+            current[...] = value
+        self.bytes_up, self.bytes_down = int(state["bytes_up"]), int(state["bytes_down"])
+        if self.heap.size:
+            self.rebuild_heap()
+
     def rebuild_heap(self):
         """Heap over |m| with ties by index: a sorted array is a valid heap; O(d log d), rare."""
         d = self.m.size

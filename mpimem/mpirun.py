@@ -80,6 +80,7 @@ class Run:
         self.timing = np.zeros(len(TIMING_COLUMNS))
         self.down = np.zeros(4 * self.d, np.uint8)
         self.hdr = np.zeros(1, np.int64)
+        self.ck, self.start_round, self.elapsed0 = None, 0, 0.0  # set by train() (checkpoints)
         if self.rank == 0:
             self.averager = make_averager(self.cfg, self.d)
             self.agg = self.rule.make_aggregator()
@@ -170,18 +171,27 @@ class Run:
 
     # ------------------------------------------------------------------ the whole run
     def loop(self, writer):
-        started = time.perf_counter()
+        """The sync rounds; checkpoints, signals and the NaN stop at round boundaries
+        (mpimem.checkpoint). Returns "preempted" when a signal stopped the run."""
+        ck = self.ck
+        start = self.start_round
+        started = time.perf_counter() - self.elapsed0
         evals = set(self.evals)
         step = self.server_round if self.rank == 0 else self.worker_round
-        for r in range(self.rounds + 1):
-            if r in evals:
+        for r in range(start, self.rounds + 1):
+            if r in evals and not (r == start and start > 0):  # a resumed run has this row
                 row = self.evaluate(r, started)
                 if row is not None:
                     writer.append(row)
+                    ck.record(row)
                     self.progress(row)
             if r == self.rounds:
                 break
+            if r > start and ck.boundary(r, started, r in evals) == "preempted":
+                return "preempted"
             step(r)
+        ck.final(self.rounds, started)
+        return None
 
     def gather_final(self):
         """Memories, replicas and timings to rank 0; checks every replica equals the server's x."""
@@ -225,28 +235,74 @@ def select_loop(cfg):
     return Run.loop
 
 
-def train(cfg) -> int:
+def train(cfg, explicit=()) -> int:
     """Entry point of `mpimem train` on every rank."""
     from mpi4py import MPI
 
+    from . import checkpoint as CK
+
     comm = MPI.COMM_WORLD
+    CK.write_pidfile(comm.Get_rank())
+    ckpt = None
+    if cfg.resume:  # rank 0 finds and verifies the checkpoint; every rank takes its settings
+        def find():
+            if comm.Get_rank() != 0:
+                return None
+            found, notes = CK.locate(cfg.resume)
+            for note in notes:
+                print(f"mpimem train: skipping a damaged checkpoint: {note}", file=sys.stderr)
+            print(f"mpimem train: resuming from {found['path']} (round "
+                  f"{found['attrs']['round']})", file=sys.stderr, flush=True)
+            return found
+        ckpt = agree(comm, find)
+        head = comm.bcast(dict(ckpt["attrs"], path=ckpt["path"]) if ckpt else None, root=0)
+        cfg = agree(comm, lambda: CK.resume_config(head, cfg, explicit, comm.Get_size() - 1))
     run = agree(comm, lambda: Run(comm, cfg))
+    sync = run.cfg.mode == "sync" and run.cfg.topology == "server"
+
+    def setup():
+        if not sync and ({"checkpoint_every", "resume"} & set(explicit) or cfg.resume):
+            raise MpimemError(f"--checkpoint-every/--resume support only --mode sync --topology "
+                              f"server, not --mode {run.cfg.mode} --topology {run.cfg.topology}")
+        if cfg.resume:
+            CK.check_compatible(run, head)
+        every = run.cfg.checkpoint_every or CK.DEFAULT_EVERY
+        run.ck = CK.Checkpointing(run, every, run.cfg.keep_checkpoints, enabled=sync)
+    agree(comm, setup)
+    if ckpt is not None or cfg.resume:
+        run.start_round, run.elapsed0 = run.ck.restore(ckpt)
     attrs = run.attrs()
-    writer = agree(comm, lambda: RunWriter(cfg.out, attrs) if run.rank == 0 else None)
-    if run.rank == 0 and not cfg.quiet:
+    if run.ck.enabled:
+        attrs["checkpoint_dir"] = CK.checkpoint_dir(run.cfg.out)
+    resume_rows = run.ck._metrics() if cfg.resume and run.rank == 0 else None
+    writer = agree(comm, lambda: RunWriter(run.cfg.out, attrs, resume=resume_rows)
+                   if run.rank == 0 else None)
+    if run.rank == 0 and not run.cfg.quiet:
         print(f"mpimem train: {run.workers} workers, {run.comp.name}"
               f"{' k=%d' % run.cfg.k if run.comp.name in ('top_k', 'rand_k') else ''}, "
               f"memory {'on' if run.rule.memory else 'off'}, n={run.n} d={run.d}, "
-              f"{run.rounds} rounds of b={run.cfg.batch_size} -> {cfg.out}", flush=True)
+              f"{run.rounds} rounds of b={run.cfg.batch_size} -> {run.cfg.out}", flush=True)
     try:
-        select_loop(run.cfg)(run, writer)
-        final = run.gather_final()
+        outcome = select_loop(run.cfg)(run, writer)
+        final = run.gather_final() if outcome != "preempted" else None
+    except CK.CollectiveStop as stop:  # every rank stops here together (NaN, checkpoint I/O)
+        if run.rank == 0:
+            report(stop)
+            writer.finish("failed", error=str(stop))
+        return stop.status
     except Exception as exc:  # one failing rank must end the whole job, not deadlock it
         report(f"rank {run.rank}: {type(exc).__name__}: {exc}")
         if writer is not None:
             writer.finish("failed", error=f"{type(exc).__name__}: {exc}")
         sys.stderr.flush()
         comm.Abort(1)
+    if outcome == "preempted":
+        if run.rank == 0:
+            writer.finish("preempted", extra_attrs={"preempted_round": run.ck.stopped_at})
+            print(f"mpimem train: stopped by a signal at round {run.ck.stopped_at}; checkpoint "
+                  f"{run.ck.last_path}; resume with: mpimem train --resume {run.cfg.out} "
+                  f"(exit {CK.EX_TEMPFAIL})", file=sys.stderr, flush=True)
+        return CK.EX_TEMPFAIL
     if run.rank == 0:
         memories, identical, timing = final
         writer.finish("complete", x=run.replica.x(), xbar=xbar_of(run.replica, run.averager),

@@ -26,25 +26,58 @@ def now() -> str:
 class RunWriter:
     """Appends evaluation points to RUN.h5 and finalises it; only rank 0 holds one."""
 
-    def __init__(self, path: str, attrs: dict):
+    def __init__(self, path: str, attrs: dict, resume: dict = None):
+        """resume: the metrics columns of the checkpoint a resumed run starts from; the run file
+        is then continued (rows after the checkpoint dropped, status back to running), or
+        created anew from those rows when the old one is missing or damaged."""
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise MpimemError(f"{path}: output directory {directory} does not exist")
         if not os.access(directory, os.W_OK):
             raise MpimemError(f"{path}: output directory {directory} is not writable")
-        try:
-            self.h5 = h5py.File(path, "w")
-        except OSError as err:
-            raise MpimemError(f"{path}: cannot create the run file ({err})") from None
-        self.h5.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, status="running",
-                             started=now())
+        self.h5 = None
+        if resume is not None:
+            self.h5 = self._reopen(path)
+        if self.h5 is None:
+            try:
+                self.h5 = h5py.File(path, "w")
+            except OSError as err:
+                raise MpimemError(f"{path}: cannot create the run file ({err})") from None
+            self.h5.attrs.update(started=now())
+        self.h5.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, status="running")
         for key, value in attrs.items():
             self.h5.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
-        group = self.h5.create_group("metrics")
+        group = self.h5.require_group("metrics")
         for name in METRICS:
-            group.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+            if name not in group:
+                group.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+        if resume is not None:
+            self.h5.attrs["resumed"] = int(self.h5.attrs.get("resumed", 0)) + 1
+            for name in METRICS:
+                rows = np.asarray(resume.get(name, []), dtype="f8")
+                group[name].resize((rows.size,))
+                group[name][:] = rows
         self.h5.flush()
+
+    @staticmethod
+    def _reopen(path):
+        """The existing run file opened for appending, its final results removed; None if it
+        is missing or unreadable (a crash can leave it damaged)."""
+        try:
+            h5 = h5py.File(path, "a")
+        except OSError:
+            return None
+        if h5.attrs.get("format") != FORMAT:
+            h5.close()
+            return None
+        for name in ("final", "timing"):
+            if name in h5:
+                del h5[name]
+        for key in ("error", "finished", "preempted_round"):
+            if key in h5.attrs:
+                del h5.attrs[key]
+        return h5
 
     def append(self, row: dict) -> None:
         group = self.h5["metrics"]

@@ -2,7 +2,7 @@
 import argparse
 
 from .compressors import COMPRESSORS
-from .config import L2_PLACEMENTS, MODES, TOPOLOGIES, merge
+from .config import L2_PLACEMENTS, MODES, TOPOLOGIES, load_toml, merge
 from .schedule import AVERAGINGS, SCHEDULES
 
 
@@ -10,7 +10,9 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train with Mem-SGD under MPI (rank 0 server, 1..W workers)",
                        description="Train L2-regularised logistic regression with compressed, "
                                    "error-feedback SGD. Launch: mpiexec -n W+1 mpimem train DATA.h5")
-    p.add_argument("data", help="mpimem data set (HDF5, see `mpimem data`)")
+    p.add_argument("data", nargs="?", help="mpimem data set (HDF5, see `mpimem data`); "
+                   "optional with --resume")
+
     p.add_argument("--out", help="run file to write (default RUN.h5)")
     p.add_argument("--config", help="TOML file with settings; options given here override it")
     g = p.add_argument_group("compression")
@@ -39,6 +41,14 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
     g.add_argument("--eval-every", type=float, help="epochs between evaluations (default: 10 points a run)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    g = p.add_argument_group("checkpoints (docs/checkpoints.md)")
+    g.add_argument("--checkpoint-every", metavar="N|Ts",
+                   help="checkpoint every N rounds or every T seconds ('500', '30s', '5m'; "
+                        "'off' for none; default 60s); a final checkpoint is always written")
+    g.add_argument("--keep-checkpoints", type=int, metavar="K", help="checkpoints kept (default 2)")
+    g.add_argument("--resume", metavar="RUN.h5|CKPT.h5",
+                   help="continue an interrupted run from its newest valid checkpoint "
+                        "(settings come from the checkpoint)")
     p.set_defaults(func=run)
 
 
@@ -46,5 +56,11 @@ def run(args) -> int:
     from .mpirun import train
 
     cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    if not args.data and not args.resume:
+        from .errors import MpimemError
+        raise MpimemError("train: the data set is required (or --resume RUN.h5)")
     cfg = merge(cli, args.config)
-    return train(cfg)
+    explicit = {k for k, v in cli.items() if v is not None}   # what --resume must honour
+    if args.config:
+        explicit |= set(load_toml(args.config))
+    return train(cfg, explicit=explicit)

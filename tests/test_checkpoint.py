@@ -1,0 +1,192 @@
+"""Checkpoints: contents, checksum, keep-K, resume bit-identical to an uninterrupted run,
+refusals (workers, data set, settings), unwritable / full checkpoint directory."""
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_mpi
+from datasets import make_dataset
+from mpimem import checkpoint as CK
+from mpimem.config import MODES
+from mpimem.errors import MpimemError
+from mpimem.runfile import read_run
+
+
+@pytest.fixture(scope="module")
+def rcv(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("rcv") / "rcv.h5", "rcv1", 1200, 3000, optimum=False)
+
+
+@pytest.fixture(scope="module")
+def eps(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("eps") / "eps.h5", "epsilon", 600, 50, optimum=False)
+
+
+def train(nranks, data, out, *opts, check=True, **kw):
+    args = ["train", *([data] if data else []), "--out", out, "--quiet", *opts]
+    return run_mpi(nranks, args, timeout=180, check=check, **kw)
+
+
+def same_final(a, b):
+    fa, fb = read_run(a)["final"], read_run(b)["final"]
+    assert set(fa) == {"x", "xbar", "memory"} and set(fb) == set(fa)
+    for key in fa:
+        assert np.array_equal(fa[key], fb[key]), key
+
+
+# ---------------------------------------------------------------------- options
+def test_parse_every():
+    assert CK.parse_every("500") == (500, None)
+    assert CK.parse_every("30s") == (None, 30.0)
+    assert CK.parse_every("5m") == (None, 300.0)
+    assert CK.parse_every("off") == (None, None)
+    for bad in ("abc", "1.5", "-3", "0s"):
+        with pytest.raises(MpimemError, match="--checkpoint-every"):
+            CK.parse_every(bad)
+
+
+# ---------------------------------------------------------------------- the file, in-process
+def write_some(directory, rounds, keep=2):
+    writer = CK.CheckpointWriter(str(directory), keep)
+    rng = np.random.default_rng(0)
+    for r in rounds:
+        attrs = {"round": r, "workers": 2, "config": "{}", "dataset_fingerprint": "f",
+                 "elapsed": 1.0}
+        server = {"z": rng.standard_normal(50), "s": np.float64(0.5)}
+        workers = [{"m": rng.standard_normal(50), "perm": np.arange(10)} for _ in range(2)]
+        writer.write(attrs, server, workers, {"round": [0.0, r]})
+    return writer
+
+
+def test_atomic_write_keeps_last_k_and_verifies(tmp_path):
+    write_some(tmp_path / "c", [100, 200, 300, 400], keep=2)
+    names = sorted(os.listdir(tmp_path / "c"))
+    assert names == ["ckpt-000000300.h5", "ckpt-000000400.h5"]  # no temporary left over
+    ck = CK.load(str(tmp_path / "c" / names[-1]))
+    assert ck["attrs"]["round"] == 400 and ck["server"]["z"].shape == (50,)
+    assert len(ck["workers"]) == 2 and list(ck["metrics"]["round"]) == [0.0, 400.0]
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "truncate", "attribute"])
+def test_damaged_checkpoint_refused_and_older_one_used(tmp_path, damage):
+    write_some(tmp_path / "c", [100, 200], keep=2)
+    newest = tmp_path / "c" / "ckpt-000000200.h5"
+    if damage == "bitflip":  # flip one bit inside the data of /server/z
+        with h5py.File(newest, "r") as h5:
+            offset = h5["server/z"].id.get_offset()
+        with open(newest, "r+b") as fh:
+            fh.seek(offset + 17)
+            byte = fh.read(1)[0]
+            fh.seek(offset + 17)
+            fh.write(bytes([byte ^ 0x04]))
+    elif damage == "truncate":
+        size = os.path.getsize(newest)
+        with open(newest, "r+b") as fh:
+            fh.truncate(size // 2)
+    else:
+        with h5py.File(newest, "r+") as h5:
+            h5.attrs["round"] = 150
+    with pytest.raises(MpimemError, match="damaged"):
+        CK.load(str(newest))
+    found, notes = CK.locate(str(tmp_path / "c"))
+    assert found["attrs"]["round"] == 100 and len(notes) == 1 and "ckpt-000000200" in notes[0]
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPIMEM_FAULT", "full-disk-at-checkpoint:2")
+    with pytest.raises(OSError):
+        write_some(tmp_path / "c", [100, 200])
+    assert os.listdir(tmp_path / "c") == ["ckpt-000000100.h5"]
+    CK.load(str(tmp_path / "c" / "ckpt-000000100.h5"))
+
+
+# ---------------------------------------------------------------------- resume under MPI
+CASES = [
+    ("rcv", 2, ["--compressor", "top_k", "--k", "10", "--epochs", "1.5"], 200, 400),  # heap path
+    ("eps", 3, ["--compressor", "qsgd", "--bits", "4", "--averaging", "uniform",
+                "--epochs", "2"], 100, 200),                                         # rng_quant
+    ("rcv", 2, ["--compressor", "rand_k", "--k", "5", "--l2", "worker", "--batch-size", "2",
+                "--epochs", "1"], 100, 100),
+]
+
+
+@pytest.mark.parametrize("which,workers,opts,every,start", CASES,
+                         ids=["rcv-W2-topk-heap", "eps-W3-qsgd", "rcv-W2-randk-l2worker"])
+def test_resume_is_bit_identical(which, workers, opts, every, start, rcv, eps, tmp_path):
+    data = {"rcv": rcv, "eps": eps}[which]
+    ref = tmp_path / "ref.h5"
+    train(workers + 1, data, ref, "--seed", "3", "--checkpoint-every", str(every),
+          "--keep-checkpoints", "50", *opts)
+    ckdir = tmp_path / "ref.ckpt"
+    rounds = read_run(ref)["attrs"]["rounds"]
+    kept = sorted(os.listdir(ckdir))
+    expected = sorted({f"ckpt-{r:09d}.h5" for r in range(every, rounds + 1, every)} |
+                      {f"ckpt-{rounds:09d}.h5"})
+    assert kept == expected
+    ck = CK.load(str(ckdir / f"ckpt-{start:09d}.h5"))
+    assert ck["attrs"]["workers"] == workers and len(ck["workers"]) == workers
+    assert {"z", "s", "timing"} <= set(ck["server"])
+    assert {"m", "perm", "cursor", "rng_sample", "rng_quant", "bytes_up", "bytes_down"} <= \
+        set(ck["workers"][0])
+    # resume a copy of the run from its checkpoint at `start`
+    shutil.copy(ckdir / f"ckpt-{start:09d}.h5", tmp_path / "mid.h5")
+    out = tmp_path / "resumed.h5"
+    proc = train(workers + 1, None, out, "--resume", tmp_path / "mid.h5")
+    assert f"resuming from {tmp_path / 'mid.h5'} (round {start})" in proc.stderr
+    same_final(ref, out)
+    a, b = read_run(ref), read_run(out)
+    assert b["attrs"]["status"] == "complete" and b["attrs"]["resumed"] == 1
+    for name in ("round", "samples", "bytes_up", "bytes_down", "loss_x", "loss_xbar"):
+        assert np.array_equal(a["metrics"][name], b["metrics"][name]), name
+
+
+@pytest.fixture(scope="module")
+def done_run(rcv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("done") / "run.h5"
+    train(3, rcv, out, "--epochs", "0.5", "--checkpoint-every", "100", "--k", "4")
+    return out
+
+
+def test_resume_refuses_other_workers_data_or_settings(done_run, tmp_path):
+    other = make_dataset(tmp_path / "other.h5", "rcv1", 1200, 3000, seed=2, optimum=False)
+    cases = [
+        (4, [], "the checkpoint has W = 2 workers, this launch has W = 3"),
+        (3, [other], "not the data set the checkpoint was trained on"),
+        (3, ["--k", "5"], "--k 5 differs from the checkpoint's 4"),
+    ]
+    for nranks, extra, message in cases:
+        proc = run_mpi(nranks, ["train", *extra, "--resume", done_run, "--quiet"], timeout=120)
+        err = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpimem: error")]
+        assert proc.returncode == 2 and len(err) == 1 and message in err[0], proc.stderr
+
+
+def test_unwritable_checkpoint_directory_refused_before_training(rcv, tmp_path):
+    (tmp_path / "run.ckpt").write_text("not a directory")
+    proc = train(3, rcv, tmp_path / "run.h5", "--checkpoint-every", "50", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("mpimem: error") == 1
+    assert "checkpoint directory" in proc.stderr and "not writable" in proc.stderr
+    assert not (tmp_path / "run.h5").exists()
+
+
+def test_full_disk_mid_run_is_a_clear_error(rcv, tmp_path):
+    out = tmp_path / "run.h5"
+    proc = train(3, rcv, out, "--epochs", "0.5", "--checkpoint-every", "100", check=False,
+                 env={"MPIMEM_FAULT": "full-disk-at-checkpoint:2"})
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write a checkpoint" in proc.stderr and "at round 200" in proc.stderr
+    assert "ckpt-000000100.h5 is intact" in proc.stderr
+    assert read_run(out)["attrs"]["status"] == "failed"
+    assert os.listdir(tmp_path / "run.ckpt") == ["ckpt-000000100.h5"]
+    CK.load(str(tmp_path / "run.ckpt" / "ckpt-000000100.h5"))
+
+
+@pytest.mark.skipif("async" not in MODES, reason="no --mode async in this tree")
+def test_checkpoints_refused_for_async(rcv, tmp_path):
+    proc = train(3, rcv, tmp_path / "run.h5", "--mode", "async", "--checkpoint-every", "50",
+                 check=False)
+    assert proc.returncode == 2
+    assert "support only --mode sync" in proc.stderr and proc.stderr.count("mpimem: error") == 1

@@ -1,0 +1,139 @@
+"""Faults (docs/checkpoints.md, "what survives what"): a worker killed with SIGKILL, rank 0 dying
+while it writes a checkpoint, preemption by SIGUSR1/SIGTERM, a diverging (NaN) run. After each,
+`--resume` finishes the run bit-identical to an uninterrupted run with the same seed."""
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import MPIEXEC, mpimem_cmd, run_mpi
+from datasets import make_dataset
+from mpimem import checkpoint as CK
+from mpimem.runfile import read_run
+
+OPTS = ["--compressor", "top_k", "--k", "10", "--epochs", "4", "--seed", "5", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def rcv(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("rcv") / "rcv.h5", "rcv1", 1200, 3000, optimum=False)
+
+
+@pytest.fixture(scope="module")
+def reference(rcv, tmp_path_factory):
+    """The uninterrupted run (2400 rounds, W = 2)."""
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    run_mpi(3, ["train", rcv, "--out", out, *OPTS], timeout=240, check=True)
+    return read_run(out)
+
+
+def start(rcv, out, *extra, env=None, quiet=True):
+    opts = OPTS if quiet else [o for o in OPTS if o != "--quiet"]
+    cmd = [MPIEXEC, "-n", "3", *mpimem_cmd("train", rcv, "--out", out, *opts, *extra)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    watchdog = threading.Timer(240, proc.kill)  # a hang fails the test instead of CI
+    watchdog.daemon = True
+    watchdog.start()
+    return proc
+
+
+def wait_for_checkpoints(proc, directory, count, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.isdir(directory) and len(CK.list_checkpoints(directory)) >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {count} checkpoint(s)")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"no {count} checkpoint(s) in {directory} after {timeout}s")
+
+
+def finish(proc, timeout=60):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the job did not end within {timeout}s (hang)\n{err}")
+    return proc.returncode, err
+
+
+def resume_and_compare(target, out, reference):
+    proc = run_mpi(3, ["train", "--resume", target, "--quiet"], timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    run = read_run(out)
+    assert run["attrs"]["status"] == "complete" and run["attrs"]["resumed"] >= 1
+    for key in ("x", "xbar", "memory"):
+        assert np.array_equal(run["final"][key], reference["final"][key]), key
+    for name in ("round", "bytes_up", "bytes_down", "loss_xbar"):
+        assert np.array_equal(run["metrics"][name], reference["metrics"][name]), name
+    return proc
+
+
+def test_worker_sigkill_ends_job_and_resume_is_bit_identical(rcv, reference, tmp_path):
+    out, pids = tmp_path / "run.h5", tmp_path / "pids"
+    pids.mkdir()
+    proc = start(rcv, out, "--checkpoint-every", "100", env={"MPIMEM_PIDFILE_DIR": str(pids)})
+    wait_for_checkpoints(proc, tmp_path / "run.ckpt", 2)
+    worker = int((pids / "rank1.pid").read_text())
+    os.kill(worker, signal.SIGKILL)
+    killed = time.monotonic()
+    rc, err = finish(proc, timeout=30)
+    assert time.monotonic() - killed < 10, "the job must end within 10 s of a worker's death"
+    assert rc != 0
+    assert read_run(out)["attrs"]["status"] == "running"  # never mistaken for a finished run
+    newest = CK.list_checkpoints(tmp_path / "run.ckpt")[0]
+    assert CK._round_of(newest) < reference["attrs"]["rounds"]
+    CK.load(newest)
+    resume_and_compare(out, out, reference)
+
+
+def test_rank0_killed_while_writing_keeps_previous_checkpoint(rcv, reference, tmp_path):
+    out = tmp_path / "run.h5"
+    proc = start(rcv, out, "--checkpoint-every", "500", "--keep-checkpoints", "2",
+                 env={"MPIMEM_FAULT": "die-during-checkpoint:3"})
+    rc, err = finish(proc, timeout=120)
+    assert rc != 0
+    kept = CK.list_checkpoints(tmp_path / "run.ckpt")
+    assert [CK._round_of(p) for p in kept] == [1000, 500]
+    assert any(name.startswith(".tmp-") for name in os.listdir(tmp_path / "run.ckpt"))
+    proc = resume_and_compare(out, out, reference)
+    assert "(round 1000)" in proc.stderr
+    assert not any(n.startswith(".tmp-") for n in os.listdir(tmp_path / "run.ckpt"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
+def test_preemption_checkpoints_and_exits_75(rcv, reference, tmp_path, sig):
+    out = tmp_path / "run.h5"
+    proc = start(rcv, out, "--checkpoint-every", "1h", quiet=False)  # only the signal saves
+    for line in proc.stdout:  # progress lines: the loop is running once epoch > 0 is printed
+        if line.startswith("epoch") and float(line.split()[1]) > 0:
+            break
+    proc.send_signal(sig)  # to mpiexec, as SLURM does; Hydra forwards it to every rank
+    rc, err = finish(proc, timeout=60)
+    assert rc == CK.EX_TEMPFAIL, err
+    assert "stopped by a signal at round" in err and "--resume" in err
+    run = read_run(out)
+    assert run["attrs"]["status"] == "preempted"
+    stopped = int(run["attrs"]["preempted_round"])
+    assert 0 < stopped < reference["attrs"]["rounds"]
+    assert [CK._round_of(p) for p in CK.list_checkpoints(tmp_path / "run.ckpt")] == [stopped]
+    resume_and_compare(out, out, reference)
+
+
+def test_nan_loss_stops_with_the_round(rcv, tmp_path):
+    out = tmp_path / "run.h5"
+    proc = run_mpi(3, ["train", rcv, "--out", out, "--schedule", "constant", "--gamma", "1e308",
+                       "--epochs", "1", "--checkpoint-every", "50", "--quiet"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpimem: error")]
+    assert len(err) == 1 and "NaN/Inf" in err[0] and "round" in err[0]
+    assert read_run(out)["attrs"]["status"] == "failed"
+    for path in CK.list_checkpoints(tmp_path / "run.ckpt"):  # only finite states were saved
+        assert np.isfinite(CK.load(path)["server"]["z"]).all()
