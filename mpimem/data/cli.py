@@ -1,11 +1,12 @@
-"""The `mpimem data` sub-commands: convert, synth, info, optimum (docs/data.md)."""
+"""The `mpimem data` sub-commands: convert, synth, info, optimum (docs/data.md).
+
+Each command imports its machinery when it runs, so `mpimem` starts fast (scipy's optimizer
+and sparse modules are a quarter second each to import).
+"""
 import argparse
 
 from ..errors import MpimemError
-from .convert import convert
-from .dataset import read_meta, read_shard
-from .optimum import solve_optimum, store_optimum
-from .synth import KINDS, synthesize
+from .synth import KINDS
 
 
 def _positive_int(text):
@@ -70,6 +71,7 @@ def register(subparsers) -> None:
 
 
 def cmd_convert(args) -> int:
+    from .convert import convert
     s = convert(args.input, args.output, index_base=args.index_base, storage=args.storage,
                 d=args.d, dtype=args.dtype, block_bytes=int(args.chunk_mb * (1 << 20)))
     print(f"{args.output}: n={s['n']} d={s['d']} nnz={s['nnz']} storage={s['storage']} "
@@ -78,6 +80,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    from .synth import synthesize
     kind = KINDS[args.like]
     if args.d is not None and kind.storage == "csr" and args.d < 100:
         raise MpimemError(f"--d {args.d} is too small for an rcv1-like set (at least 100)")
@@ -88,6 +91,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .dataset import read_meta
     meta = read_meta(args.file)
     rows = [("file", meta.path), ("source", meta.source), ("n", meta.n), ("d", meta.d),
             ("nnz", meta.nnz), ("density", f"{meta.density:.6g}"),
@@ -106,6 +110,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_optimum(args) -> int:
+    from .dataset import read_meta, read_shard
+    from .optimum import solve_optimum, store_optimum
     meta = read_meta(args.file)
     lam = args.lam if args.lam is not None else 1.0 / meta.n
     shard = read_shard(args.file)

@@ -119,12 +119,16 @@ def synthesize(out, like: str, n: int | None = None, seed: int = 0, d: int | Non
             CSRWriter(f, np.float32)
         for chunk, start in enumerate(range(0, n, CHUNK_ROWS)):
             rng = _stream(seed, 1, chunk)
-            rows = gen.rows(rng, min(CHUNK_ROWS, n - start))
+            rows = gen.rows(rng, CHUNK_ROWS)          # always whole chunks: n only truncates
             labels = gen.labels(rng, rows)
+            keep = min(CHUNK_ROWS, n - start)
             if kind.storage == "dense":
-                writer.append(rows.astype(np.float32), labels)
+                writer.append(rows[:keep].astype(np.float32), labels[:keep])
             else:
-                writer.append(*rows[:2], rows[2].astype(np.float32), labels)
+                indptr, indices, values = rows
+                end = indptr[keep]
+                writer.append(indptr[:keep + 1], indices[:end], values[:end].astype(np.float32),
+                              labels[:keep])
         write_header(f, n=n, d=d, nnz=writer.nnz, storage=kind.storage,
                      source=f"synthetic:{like}", source_bytes=0,
                      source_sha256=hashlib.sha256(json.dumps(params, sort_keys=True).encode())
