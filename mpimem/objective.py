@@ -4,15 +4,16 @@
     grad f(x) = -(1/n) sum_i b_i sigma(-b_i a_i^T x) a_i + lam x,    sigma(t) = 1/(1+exp(-t))
 
 with rows a_i of X and labels b_i in {-1, +1}. log(1+exp(-m)) is evaluated as
-logaddexp(0, -m) and sigma by scipy's expit, so no margin overflows.
+logaddexp(0, -m) and sigma by scipy's expit, so no margin overflows. x is taken as float64,
+so the sums are float64 even when X is stored float32.
 """
 import numpy as np
 from scipy.special import expit
 
 
 def _margins(X, y, x):
-    """m_i = b_i a_i^T x."""
-    return y * (X @ x)
+    """m_i = b_i a_i^T x, in float64."""
+    return y * (X @ np.asarray(x, np.float64))
 
 
 def loss_terms(X, y, x) -> tuple[float, int]:
@@ -27,12 +28,13 @@ def loss_terms(X, y, x) -> tuple[float, int]:
 def objective(X, y, x, lam) -> float:
     """f(x) over all rows of X."""
     loss, _ = loss_terms(X, y, x)
+    x = np.asarray(x, np.float64)
     return loss / X.shape[0] + 0.5 * lam * float(x @ x)
 
 
 def objective_and_grad(X, y, x, lam) -> tuple[float, np.ndarray]:
     """(f(x), grad f(x)) over all rows of X; the gradient is float64 of length d."""
-    n = X.shape[0]
+    n, x = X.shape[0], np.asarray(x, np.float64)
     m = _margins(X, y, x)
     f = np.logaddexp(0.0, -m).sum() / n + 0.5 * lam * float(x @ x)
     g = X.T @ (-y * expit(-m) / n) + lam * x
