@@ -74,11 +74,13 @@ def main(argv=None):
         from mpimem.data.dataset import read_meta
         meta = read_meta(folder / "r.h5")
         rows.append(("mpimem data optimum (lambda = 1/n)", f"n={n:,} d={meta.d:,}",
-                     f"{sec:.1f} s", f"f*={meta.fstar:.10g} |grad|={meta.grad_norm_star:.1e}",
+                     f"{sec:.1f} s", f"f*={meta.fstar:.10g}, grad norm {meta.grad_norm_star:.1e}",
                      f"{peak:.0f} MiB"))
     lines = ["# Data pipeline benchmark", "",
              f"Command: `python -m bench.bench_data {' '.join(argv or sys.argv[1:])}`".rstrip(),
-             f"Machine: {os.cpu_count()} cores; numpy {np.__version__}; one process each.", "",
+             f"Machine: {os.cpu_count()} cores, load average at the end "
+             f"{os.getloadavg()[0]:.1f} (other work shares the machine: compare rows of one run, "
+             f"not runs); numpy {np.__version__}; each step one process.", "",
              "| step | size | time | rate / result | peak RSS |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     RESULTS.parent.mkdir(exist_ok=True)

@@ -15,8 +15,9 @@ from .errors import MpimemError
 from .schedule import AVERAGINGS, SCHEDULES, parse_shift
 
 L2_PLACEMENTS = ("server", "worker")
-MODES = ("sync",)
-TOPOLOGIES = ("server",)
+MODES = ("sync", "async")
+TOPOLOGIES = ("server", "allgather")
+ASYNC_STEPS = ("full", "mean")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TrainConfig:
     # system
     mode: str = "sync"
     topology: str = "server"
+    async_step: str = "full"      # --mode async: server applies u_w ("full", Hogwild) or u_w/W
     seed: int = 0
     eval_every: float = None
     quiet: bool = False
@@ -99,6 +101,9 @@ def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
     _choice("l2", cfg.l2, L2_PLACEMENTS)
     _choice("mode", cfg.mode, MODES)
     _choice("topology", cfg.topology, TOPOLOGIES)
+    _choice("async_step", cfg.async_step, ASYNC_STEPS)
+    if cfg.mode == "async" and cfg.topology != "server":
+        raise MpimemError("--mode async needs --topology server (allgather is a synchronous collective)")
     if workers < 1:
         raise MpimemError("mpimem train needs at least 2 MPI ranks (rank 0 is the server, "
                           "ranks 1..W the workers); run it with mpiexec -n W+1")

@@ -2,7 +2,7 @@
 import argparse
 
 from .compressors import COMPRESSORS
-from .config import L2_PLACEMENTS, MODES, TOPOLOGIES, load_toml, merge
+from .config import ASYNC_STEPS, L2_PLACEMENTS, MODES, TOPOLOGIES, load_toml, merge
 from .schedule import AVERAGINGS, SCHEDULES
 
 
@@ -36,8 +36,12 @@ def register(sub) -> None:
     g.add_argument("--l2", choices=L2_PLACEMENTS, help="where the L2 term acts: server (fast, "
                    "default) or worker (paper-exact, inside the compressed vector)")
     g = p.add_argument_group("system")
-    g.add_argument("--mode", choices=MODES, help="sync (default)")
-    g.add_argument("--topology", choices=TOPOLOGIES, help="server (default)")
+    g.add_argument("--mode", choices=MODES, help="sync (default) or async: the server applies "
+                   "each worker's message as it arrives (docs/scaling.md)")
+    g.add_argument("--topology", choices=TOPOLOGIES, help="server (default; mpiexec -n W+1) or "
+                   "allgather: no server, every rank a worker (mpiexec -n W)")
+    g.add_argument("--async-step", choices=ASYNC_STEPS, help="async: the server applies each "
+                   "worker's full step u_w (full, Hogwild; default) or u_w/W (mean)")
     g.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
     g.add_argument("--eval-every", type=float, help="epochs between evaluations (default: 10 points a run)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
