@@ -64,7 +64,11 @@ class Run:
 
         self.comm = comm
         self.rank = comm.Get_rank()
-        self.workers = comm.Get_size() - 1
+        # topology "allgather": no server, every rank is a worker (worker id rank+1, shard rank);
+        # otherwise rank 0 is the server and ranks 1..W the workers (worker id = rank)
+        self.peer = getattr(cfg, "topology", "server") == "allgather"
+        self.workers = comm.Get_size() - (0 if self.peer else 1)
+        self.worker_id = self.rank + 1 if self.peer else self.rank
         if self.workers < 1:
             raise MpimemError("mpimem train needs at least 2 MPI ranks (rank 0 is the server, "
                               "ranks 1..W the workers); run it with mpiexec -n W+1")
@@ -81,16 +85,19 @@ class Run:
         self.down = np.zeros(4 * self.d, np.uint8)
         self.hdr = np.zeros(1, np.int64)
         self.ck, self.start_round, self.elapsed0 = None, 0, 0.0  # set by train() (checkpoints)
+        self.averager = None
         if self.rank == 0:
             self.averager = make_averager(self.cfg, self.d)
+        if self.rank == 0 or self.peer:
             self.agg = self.rule.make_aggregator()
+        if self.rank == 0 and not self.peer:
             size = max(8, self.comp.max_message_bytes())
             self.inbox = [np.zeros(size, np.uint8) for _ in range(self.workers)]
-        else:
-            shard = read_shard(cfg.data, self.rank - 1, self.workers)
+        if self.worker_id:
+            shard = read_shard(cfg.data, self.worker_id - 1, self.workers)
             self.shard = ShardData(shard.X, shard.y)
-            self.ws = WorkerState(self.rank, self.shard, self.d, self.cfg.batch_size, self.cfg.seed,
-                                  self.comp, self.rule.uses_heap(self.shard))
+            self.ws = WorkerState(self.worker_id, self.shard, self.d, self.cfg.batch_size,
+                                  self.cfg.seed, self.comp, self.rule.uses_heap(self.shard))
 
     # ------------------------------------------------------------------ rounds
     def server_round(self, r):
@@ -135,15 +142,23 @@ class Run:
         ws.timing[3] += t2 - t1
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, r, started):
-        """Collective: f(x), f(xbar), accuracy and byte totals at round r; the row on rank 0."""
+    def evaluate(self, r, started, samples=None, sync_replicas=False):
+        """Collective: f(x), f(xbar), accuracy and byte totals at round r; the row on rank 0.
+
+        samples: the samples processed so far (default r W b). sync_replicas: first broadcast
+        rank 0's replica (z, s) and overwrite every rank's with it (loops whose replicas drift
+        between evaluation points, e.g. --mode async), so all ranks evaluate the same x.
+        """
         from mpi4py import MPI
 
         t0 = time.perf_counter()
         comm = self.comm
+        if sync_replicas:
+            comm.Bcast(self.replica.z, root=0)
+            self.replica.s = comm.bcast(self.replica.s, root=0)
         xbar = xbar_of(self.replica, self.averager) if self.rank == 0 else np.empty(self.d)
         comm.Bcast(xbar, root=0)
-        if self.rank == 0:
+        if not self.worker_id:
             local = np.zeros(6)
         else:
             local = np.concatenate([shard_sums(self.shard, self.replica.x(), xbar),
@@ -151,11 +166,12 @@ class Run:
         total = np.zeros(6) if self.rank == 0 else None
         comm.Reduce(local, total, op=MPI.SUM, root=0)
         elapsed = time.perf_counter() - t0
-        (self.timing if self.rank == 0 else self.ws.timing)[4] += elapsed
+        (self.ws.timing if self.worker_id else self.timing)[4] += elapsed
         if self.rank != 0:
             return None
         row = eval_point(total[:4], self.n, self.cfg.lam, self.replica.x(), xbar, self.fstar)
-        samples = r * self.workers * self.cfg.batch_size
+        if samples is None:
+            samples = r * self.workers * self.cfg.batch_size
         row.update(round=r, epoch=samples / self.n, samples=samples,
                    wall_time=time.perf_counter() - started, bytes_up=total[4], bytes_down=total[5])
         return row
@@ -194,19 +210,20 @@ class Run:
         return None
 
     def gather_final(self):
-        """Memories, replicas and timings to rank 0; checks every replica equals the server's x."""
+        """Memories, replicas and timings to rank 0; checks every replica equals rank 0's x."""
         comm = self.comm
-        if self.rank == 0:
+        if not self.worker_id:
             payload = None
         else:
             payload = (self.ws.m, self.replica.z, self.replica.s, self.ws.timing)
         parts = comm.gather(payload, root=0)
         if self.rank != 0:
             return None
-        memories = np.array([p[0] for p in parts[1:]])
+        parts = [p for p in parts if p is not None]  # the workers, in worker order
+        memories = np.array([p[0] for p in parts])
         identical = all(np.array_equal(p[1], self.replica.z) and p[2] == self.replica.s
-                        for p in parts[1:])
-        timing = np.array([self.timing] + [p[3] for p in parts[1:]])
+                        for p in parts)
+        timing = np.array(([] if self.worker_id else [self.timing]) + [p[3] for p in parts])
         return memories, identical, timing
 
     def attrs(self):
@@ -219,7 +236,7 @@ class Run:
             "git_commit": git_commit(),
             "mpi_version": MPI.Get_library_version().strip().splitlines()[0],
             "workers": self.workers,
-            "ranks": self.workers + 1,
+            "ranks": self.comm.Get_size(),
             "hosts": sorted(set(hosts or [])),
             "dataset": os.path.abspath(self.cfg.data),
             "dataset_fingerprint": self.meta.fingerprint,
@@ -232,6 +249,12 @@ class Run:
 
 def select_loop(cfg):
     """The round loop for the configured mode and topology (sync parameter server by default)."""
+    if cfg.topology == "allgather":
+        from .allgather import allgather_loop
+        return allgather_loop
+    if cfg.mode == "async":
+        from .async_server import async_loop
+        return async_loop
     return Run.loop
 
 
