@@ -1,0 +1,127 @@
+"""Read many RUN.h5 files (a results tree written by jobs/*.sbatch) into Run records.
+
+Every `*.h5` under the results directory is a run file candidate, except checkpoints (files
+inside a `*.ckpt` folder). A file that cannot be read, or is not an mpimem run file, becomes a
+Run with `problem` set; a readable run whose status is not "complete" keeps its data but
+`complete` is False. Nothing is dropped silently: callers list the problems.
+
+Study, label, data set and worker count come from the `meta.json` the job script writes next
+to the run file; without one they are derived from the run's own attributes (the config).
+"""
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+RUN_FORMAT = "mpimem-run"
+
+
+@dataclass
+class Run:
+    path: str
+    study: str = "?"
+    label: str = "?"
+    dataset: str = "?"
+    workers: int = 0
+    seed: int = 0
+    status: str = "unreadable"
+    problem: str = ""                       # why the file is unusable ("" when readable)
+    attrs: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.problem and self.status == "complete"
+
+    @property
+    def readable(self) -> bool:
+        return not self.problem
+
+
+def _text(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def method_label(cfg: dict) -> str:
+    """A label from the resolved config, as the study TOMLs name methods."""
+    comp = cfg.get("compressor", "?")
+    mem = cfg.get("memory", True)
+    if comp == "none":
+        return "SGD"
+    if comp == "qsgd":
+        return f"QSGD-{cfg.get('bits')}bit" if cfg.get("bits") else f"QSGD-s{cfg.get('levels')}"
+    if comp in ("top_k", "rand_k"):
+        base = f"{comp[:-2]}-{cfg.get('k')}"
+    else:
+        base = comp
+    return base if mem else base + "-nomem"
+
+
+def read_one(path, root=None) -> Run:
+    path = str(path)
+    run = Run(path=path)
+    meta_path = Path(path).with_name("meta.json")
+    if meta_path.exists():
+        try:
+            run.meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            run.meta = {}
+    try:
+        with h5py.File(path, "r") as h5:
+            fmt = _text(h5.attrs.get("format"))
+            if fmt != RUN_FORMAT:
+                raise ValueError(f"not an mpimem run file (format={fmt!r})")
+            run.attrs = {k: _text(v) for k, v in h5.attrs.items()}
+            if "metrics" in h5:
+                run.metrics = {k: np.asarray(h5["metrics"][k][()], dtype=float)
+                               for k in h5["metrics"]}
+        run.status = str(run.attrs.get("status", "?"))
+        run.config = json.loads(run.attrs.get("config") or "{}")
+    except Exception as err:  # noqa: BLE001 - any failure makes the file a reported problem
+        run.problem = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        run.status = "unreadable"
+    m, c, a = run.meta, run.config, run.attrs
+    rel = Path(path).relative_to(root).parts if root else ()
+    run.study = m.get("study") or (rel[0] if len(rel) > 1 else "?")
+    run.label = m.get("label") or (method_label(c) if c else "?")
+    ds = m.get("dataset") or os.path.splitext(os.path.basename(str(a.get("dataset", "?"))))[0]
+    run.dataset = ds
+    run.workers = int(m.get("workers") or a.get("workers") or 0)
+    run.seed = int(m.get("seed", c.get("seed", 0)) or 0)
+    return run
+
+
+def find_run_files(root) -> list:
+    root = Path(root)
+    files = []
+    for p in sorted(root.rglob("*.h5")):
+        if any(part.endswith(".ckpt") for part in p.relative_to(root).parts[:-1]):
+            continue
+        files.append(p)
+    return files
+
+
+def load_runs(root) -> list:
+    """Every run file under ROOT as a Run (problems included), sorted by path."""
+    return [read_one(p, root) for p in find_run_files(root)]
+
+
+def first_crossing(x, y, target):
+    """The x at which y first reaches <= target, linearly interpolated between the two
+    evaluation points around the crossing; NaN if never reached."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    hit = np.nonzero(y <= target)[0]
+    if hit.size == 0:
+        return math.nan
+    i = int(hit[0])
+    if i == 0 or y[i - 1] == y[i]:
+        return float(x[i])
+    frac = (y[i - 1] - target) / (y[i - 1] - y[i])
+    return float(x[i - 1] + frac * (x[i] - x[i - 1]))

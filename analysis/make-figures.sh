@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make figures`: the four studies end to end at tiny sizes on generated data, then the figures.
+# Runs the real job scripts (jobs/*.sbatch) with bash, outside SLURM (launcher: mpiexec), so it
+# works on any machine; the SLURM path is exercised by tests/test_jobs.py.
+#   FIG_RESULTS (build/figures/results)  FIG_DATA (build/figures/data)  FIGDIR (docs/figures)
+#   KEEP=1 keeps earlier results (complete runs are then skipped, not rerun)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$PWD/.venv/numba-cache}
+RESULTS=${FIG_RESULTS:-build/figures/results}
+FIGDIR=${FIGDIR:-docs/figures}
+export RESULTS DATA_DIR=${FIG_DATA:-build/figures/data} JOB_ID=figures RUN_TIMEOUT=${RUN_TIMEOUT:-120}
+export LAUNCHER=mpiexec
+[[ ${KEEP:-0} == 1 ]] || rm -rf "$RESULTS"
+mkdir -p "$RESULTS" "$FIGDIR"
+t0=$SECONDS
+study() {   # study name, then tiny-size overrides
+    local s=$1; shift
+    echo "make-figures: study $s ($*)"
+    env "$@" bash jobs/$s.sbatch 2>&1 | sed "s/^/  /" || { echo "make-figures: study $s failed" >&2; return 1; }
+}
+study theory  N=300 D_EPSILON=30 D_RCV1=300 EVAL_EVERY=0.25
+study qsgd    N=300 D=30 EPOCHS=3 EVAL_EVERY=0.2
+study scaling N=600 D_EPSILON=30 D_RCV1=300 WORKERS="1 2 3" EPOCHS=1 EVAL_EVERY=0.1
+study weak    N_PER_WORKER=200 D=30 WORKERS="1 2 3" EPOCHS=1 EVAL_EVERY=0.25
+python -m analysis.figures "$RESULTS" --out "$FIGDIR"
+echo "make-figures: done in $((SECONDS - t0)) s; figures and summary in $FIGDIR"

@@ -1,0 +1,314 @@
+# jobs/common.sh: the launcher logic shared by jobs/*.sbatch (see jobs/README.md).
+#
+# Sourced by a job script after it sets STUDY; `mm_main` then runs this array task's share of
+# the study. Also usable directly:
+#     bash jobs/common.sh count STUDY     number of runs the study expands to (env applied)
+#     bash jobs/common.sh list STUDY      one line per run: index, dataset, label, workers, seed
+#
+# A study (jobs/studies/STUDY.toml, or $STUDY_TOML) is expanded into runs
+#     datasets x methods x workers x seeds        (methods may name the datasets they apply to)
+# Array task i of T runs the runs i, i+T, i+2T, ... so any --array size works: one task per run
+# (--array=0-$((count-1))), or fewer tasks that each run several. Without an array every run.
+# Run r of job J writes $RESULTS/$STUDY/$J/r/{RUN.h5, meta.json, train.log}.
+#
+# Settings: study TOML < environment variables (all optional):
+#   RESULTS (results)  DATA_DIR (data)  DATA_<NAME> (explicit data file, e.g. DATA_EPSILON)
+#   DATASETS "epsilon rcv1"  METHODS "top-1 SGD" (labels)  WORKERS "1 2 4"  SEEDS "0 1"
+#   N, D, N_<NAME>, D_<NAME>, N_PER_WORKER (weak), DATA_SEED (1)   (size of synthetic data)
+#   EPOCHS  EVAL_EVERY  BATCH_SIZE  MODE  EXTRA_ARGS (appended to every `mpimem train`)
+#   RUN_TIMEOUT (seconds; kill a run that takes longer)
+#   SYNTH=0 (never generate a missing data set)  LAUNCHER auto|srun|mpiexec  SRUN_MPI (pmi2)
+#   JOB_ID (result folder name; default $SLURM_ARRAY_JOB_ID / $SLURM_JOB_ID / local-<time>)
+#   PYTHON (python)  MPIMEM_ROOT (the repository; default: found from the job script)
+# Exit status: 0 when every run of the task is complete; 1 otherwise.
+
+_mm_log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${STUDY:-?}" "$*" >&2; }
+
+_mm_find_root() {
+    if [[ -n ${MPIMEM_ROOT:-} ]]; then echo "$MPIMEM_ROOT"; return; fi
+    local here
+    here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." 2>/dev/null && pwd)
+    if [[ -f $here/jobs/common.sh ]]; then echo "$here"; return; fi
+    echo "${SLURM_SUBMIT_DIR:-$PWD}"
+}
+
+# The study planner: TOML + environment -> runs. Python (tomllib), run with -c.
+read -r -d '' _MM_PLAN_PY <<'PY'
+import json, os, shlex, sys, tomllib
+toml_path, cmd = sys.argv[1], sys.argv[2]
+with open(toml_path, "rb") as fh:
+    cfg = tomllib.load(fh)
+env = os.environ
+study = cfg.get("study", {})
+name = env.get("STUDY") or study.get("name")
+def envlist(key, default, conv=str):
+    v = env.get(key, "").replace(",", " ").split()
+    return [conv(x) for x in v] if v else list(default)
+datasets = envlist("DATASETS", study.get("datasets", []))
+workers = envlist("WORKERS", study.get("workers", [1]), int)
+seeds = envlist("SEEDS", study.get("seeds", [0]), int)
+labels = envlist("METHODS", [])
+methods = cfg.get("methods", [])
+if labels:
+    known = {m["label"] for m in methods}
+    bad = [l for l in labels if l not in known]
+    if bad:
+        sys.exit(f"common.sh: METHODS names unknown labels {bad}; {toml_path} has {sorted(known)}")
+    methods = [m for m in methods if m["label"] in labels]
+has_async = env.get("MM_HAS_ASYNC") == "1"
+mode = env.get("MODE") or study.get("mode", "sync")
+mode_note = ""
+if mode == "async" and not has_async:
+    if env.get("MODE"):
+        sys.exit("common.sh: MODE=async but this mpimem train has no --mode async")
+    mode, mode_note = "sync", "async requested by the study but unsupported: ran sync"
+data_dir = env.get("DATA_DIR", "data")
+runs = []
+for ds in datasets:
+    dcfg = cfg.get("datasets", {}).get(ds)
+    if dcfg is None:
+        sys.exit(f"common.sh: data set {ds!r} is not described in {toml_path}")
+    for m in methods:
+        if "datasets" in m and ds not in m["datasets"]:
+            continue
+        for w in workers:
+            for s in seeds:
+                runs.append((ds, dcfg, m, w, s))
+if cmd == "count":
+    print(len(runs)); sys.exit(0)
+if cmd == "list":
+    for i, (ds, _, m, w, s) in enumerate(runs):
+        print(i, ds, m["label"], w, s)
+    sys.exit(0)
+idx = int(sys.argv[3])
+ds, dcfg, m, w, s = runs[idx]
+U = ds.upper().replace("-", "_")
+def pick(key, default=None):
+    return env.get(f"{key}_{U}") or env.get(key) or dcfg.get(key.lower(), default)
+# -- data set: explicit file, else the staged real one, else a synthetic look-alike
+data_seed = int(env.get("DATA_SEED", "1"))
+npw = pick("N_PER_WORKER")
+explicit = env.get(f"DATA_{U}") or dcfg.get("path")
+sized = any(env.get(k) for k in ("N", "D", f"N_{U}", f"D_{U}"))
+synth = "0"
+if explicit and not npw:
+    data = explicit
+elif not npw and not sized and os.path.exists(os.path.join(data_dir, f"{ds}.h5")):
+    data = os.path.join(data_dir, f"{ds}.h5")
+else:
+    n = int(npw) * w if npw else int(pick("N"))
+    d = int(pick("D"))
+    data = os.path.join(data_dir, f"synth-{dcfg.get('like', ds)}-n{n}-d{d}-s{data_seed}.h5")
+    synth = "1"
+# -- training options: [train] < method < environment
+opts = dict(cfg.get("train", {}))
+opts.update({k: v for k, v in m.items() if k not in ("label", "datasets")})
+opts["epochs"] = float(env.get("EPOCHS") or dcfg.get("epochs", 1))
+if env.get("EVAL_EVERY") or "eval_every" in study:
+    opts["eval_every"] = float(env.get("EVAL_EVERY") or study["eval_every"])
+if env.get("BATCH_SIZE"):
+    opts["batch_size"] = int(env["BATCH_SIZE"])
+if mode != "sync":
+    opts["mode"] = mode
+opts["seed"] = s
+args = []
+for k, v in opts.items():
+    flag = "--" + k.replace("_", "-")
+    if isinstance(v, bool):
+        args.append(flag if v else "--no-" + k.replace("_", "-"))
+    else:
+        args += [flag, str(v)]
+args += shlex.split(env.get("EXTRA_ARGS", ""))
+meta = dict(study=name, label=m["label"], dataset=ds, workers=w, ranks=w + 1, seed=s,
+            mode=mode, mode_note=mode_note, data=data, synthetic=synth == "1",
+            n_per_worker=int(npw) if npw else None, index=idx, train_args=args)
+q = shlex.quote
+print(f"RUN_LABEL={q(m['label'])}; RUN_DATASET={q(ds)}; RUN_WORKERS={w}; RUN_SEED={s}")
+print(f"RUN_DATA={q(data)}; RUN_SYNTH={synth}; RUN_LIKE={q(dcfg.get('like', ds))}; RUN_DATA_SEED={data_seed}")
+if synth == "1":
+    print(f"RUN_N={n}; RUN_D={d}")
+print("RUN_ARGS=(" + " ".join(q(a) for a in args) + ")")
+print(f"RUN_META={q(json.dumps(meta))}")
+PY
+true
+
+_mm_setup() {
+    MM_ROOT=$(_mm_find_root)
+    PYTHON=${PYTHON:-python}
+    STUDY_TOML=${STUDY_TOML:-$MM_ROOT/jobs/studies/$STUDY.toml}
+    RESULTS=${RESULTS:-results}
+    DATA_DIR=${DATA_DIR:-data}
+    LAUNCHER=${LAUNCHER:-auto}
+    SRUN_MPI=${SRUN_MPI:-pmi2}
+    export DATA_DIR
+    [[ -f $STUDY_TOML ]] || { _mm_log "no study file $STUDY_TOML"; return 2; }
+    local help
+    help=$("$PYTHON" -m mpimem train --help 2>&1) || { _mm_log "mpimem not runnable with $PYTHON: $help"; return 2; }
+    MM_HAS_ASYNC=0; grep -q -- '--mode {[^}]*async' <<<"$help" && MM_HAS_ASYNC=1
+    MM_HAS_RESUME=0; grep -q -- '--resume' <<<"$help" && MM_HAS_RESUME=1
+    export MM_HAS_ASYNC STUDY
+}
+
+_mm_plan() { "$PYTHON" -c "$_MM_PLAN_PY" "$STUDY_TOML" "$@"; }
+
+# status and ranks of a run file: "complete 3", "running 3", "missing", "unreadable"
+_mm_run_status() {
+    [[ -e $1 ]] || { echo missing; return; }
+    "$PYTHON" - "$1" <<'PY' 2>/dev/null || echo unreadable
+import sys, h5py
+with h5py.File(sys.argv[1], "r") as h:
+    s = h.attrs["status"]; s = s.decode() if isinstance(s, bytes) else s
+    print(s, int(h.attrs.get("ranks", -1)))
+PY
+}
+
+# Make the synthetic data set if missing (one array task does it; the others wait on the lock).
+_mm_data() {
+    [[ -f $RUN_DATA ]] && return 0
+    if [[ $RUN_SYNTH != 1 || ${SYNTH:-1} == 0 ]]; then
+        _mm_log "data set $RUN_DATA is missing (stage it, or set DATA_${RUN_DATASET^^}=path)"; return 1
+    fi
+    mkdir -p "$(dirname "$RUN_DATA")"
+    (
+        flock -w 3600 9 || exit 1
+        [[ -f $RUN_DATA ]] && exit 0
+        tmp="$RUN_DATA.tmp.$$"
+        _mm_log "generating $RUN_DATA ($RUN_LIKE-like n=$RUN_N d=$RUN_D)"
+        "$PYTHON" -m mpimem data synth --like "$RUN_LIKE" --n "$RUN_N" --d "$RUN_D" \
+            --seed "$RUN_DATA_SEED" "$tmp" >&2 &&
+        "$PYTHON" -m mpimem data optimum "$tmp" >&2 &&
+        mv "$tmp" "$RUN_DATA" || { rm -f "$tmp"; exit 1; }
+    ) 9>"$RUN_DATA.lock"
+}
+
+# Pick the MPI launcher for RANKS processes and PROVE it builds one world of that size
+# (plain srun, or the wrong --mpi, starts RANKS separate size-1 programs that exit 0).
+_mm_launcher() {
+    local ranks=$1 cands=() c probe_out
+    local cache="MM_LAUNCH_$ranks"
+    if [[ -n ${!cache:-} ]]; then eval "MM_LAUNCH=(${!cache})"; return 0; fi
+    case $LAUNCHER in
+        auto)
+            if [[ -n ${SLURM_JOB_ID:-} ]] && command -v srun >/dev/null &&
+               srun --mpi=list 2>&1 | grep -qw "$SRUN_MPI"; then cands=(srun mpiexec)
+            else cands=(mpiexec); fi ;;
+        srun|mpiexec) cands=("$LAUNCHER") ;;
+        *) _mm_log "LAUNCHER must be auto, srun or mpiexec (got $LAUNCHER)"; return 2 ;;
+    esac
+    if [[ -n ${SLURM_NTASKS:-} && $ranks -gt $SLURM_NTASKS ]]; then
+        _mm_log "needs $ranks MPI ranks (W+1) but the allocation has $SLURM_NTASKS tasks (sbatch -n)"
+        return 2
+    fi
+    for c in "${cands[@]}"; do
+        if [[ $c == srun ]]; then MM_LAUNCH=(srun "--mpi=$SRUN_MPI" -n "$ranks" --kill-on-bad-exit=1)
+        else MM_LAUNCH=(mpiexec -n "$ranks"); fi
+        if probe_out=$(timeout 120 "${MM_LAUNCH[@]}" "$PYTHON" "$MM_ROOT/jobs/slurm_probe.py" \
+                       --expect "$ranks" 2>&1); then
+            _mm_log "launcher: ${MM_LAUNCH[*]} (probe: world size $ranks)"
+            printf -v "$cache" '%q ' "${MM_LAUNCH[@]}"
+            return 0
+        fi
+        _mm_log "launcher ${MM_LAUNCH[*]} failed the size-$ranks probe: $(tail -n 2 <<<"$probe_out" | tr '\n' ' ')"
+    done
+    return 1
+}
+
+_mm_forward() {   # forward a signal (SLURM --signal=B:USR1@T, scancel, time limit) to training
+    MM_GOT_SIGNAL=$1
+    _mm_log "received SIG$1; forwarding to the training launcher"
+    [[ -n ${MM_CHILD:-} ]] && kill -s "$1" "$MM_CHILD" 2>/dev/null
+}
+
+_mm_run_one() {
+    local idx=$1 dir run st rc=0 n
+    local plan
+    plan=$(_mm_plan get "$idx") || return 1
+    eval "$plan"
+    dir=$RESULTS/$STUDY/$MM_JOB/$idx
+    run=$dir/RUN.h5
+    mkdir -p "$dir"
+    st=$(_mm_run_status "$run")
+    if [[ $st == complete* ]]; then _mm_log "run $idx ($RUN_DATASET $RUN_LABEL W=$RUN_WORKERS): already complete"; return 0; fi
+    local resume=()
+    if [[ $st != missing ]]; then
+        if [[ $MM_HAS_RESUME == 1 && $st != unreadable ]]; then
+            resume=(--resume)                 # checkpoint support present: continue the run
+        else
+            n=1; while [[ -e $run.prev-$n ]]; do n=$((n + 1)); done
+            mv "$run" "$run.prev-$n"; _mm_log "run $idx: kept the earlier attempt ($st) as $run.prev-$n"
+        fi
+    fi
+    _mm_data || return 1
+    local ranks=$((RUN_WORKERS + 1))
+    _mm_launcher "$ranks" || { _mm_log "run $idx: no launcher builds a world of $ranks ranks"; return 1; }
+    printf '%s\n' "$RUN_META" | "$PYTHON" -c '
+import json, sys, os
+m = json.load(sys.stdin); m.update(job=sys.argv[1], launcher=sys.argv[2], slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$dir/meta.json"
+    _mm_log "run $idx: $RUN_DATASET $RUN_LABEL W=$RUN_WORKERS seed=$RUN_SEED -> $run"
+    "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "$RUN_DATA" --out "$run" --quiet \
+        "${RUN_ARGS[@]}" "${resume[@]}" >>"$dir/train.log" 2>&1 &
+    MM_CHILD=$!
+    local watchdog=
+    if [[ -n ${RUN_TIMEOUT:-} ]]; then   # a hung run (deadlock) must not hold the allocation
+        ( trap 'kill $sp 2>/dev/null; exit 0' TERM
+          sleep "$RUN_TIMEOUT" & sp=$!; wait $sp
+          _mm_log "run $idx: RUN_TIMEOUT=${RUN_TIMEOUT}s reached; killing it"
+          kill -TERM "$MM_CHILD"; sleep 10; kill -KILL "$MM_CHILD" ) >>"$dir/train.log" 2>&1 &
+        watchdog=$!
+    fi
+    while :; do   # `wait` returns early when a trapped signal arrives: wait again
+        wait "$MM_CHILD"; rc=$?
+        kill -0 "$MM_CHILD" 2>/dev/null || break
+    done
+    MM_CHILD=
+    [[ -n $watchdog ]] && { kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null; }
+    st=$(_mm_run_status "$run")
+    if [[ $st == preempted* || ( -n ${MM_GOT_SIGNAL:-} && $st != complete* ) ]]; then
+        _mm_log "run $idx: stopped by SIG${MM_GOT_SIGNAL:-?} (status: $st, exit $rc)"
+        return 3
+    fi
+    if [[ $rc -ne 0 || $st != "complete $ranks" ]]; then
+        _mm_log "run $idx: FAILED (exit $rc, run file: $st, expected complete with $ranks ranks); see $dir/train.log"
+        tail -n 5 "$dir/train.log" >&2
+        return 1
+    fi
+    return 0
+}
+
+mm_main() {
+    _mm_setup || exit 2
+    MM_JOB=${JOB_ID:-${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local-$(date +%Y%m%d-%H%M%S)}}}
+    local count idx start=0 stride=1 failed=0 rc
+    count=$(_mm_plan count) || exit 2
+    if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
+        start=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0}))
+        stride=${SLURM_ARRAY_TASK_COUNT:-1}
+    fi
+    _mm_log "study $STUDY: $count runs; this task runs $start, $((start + stride)), ... -> $RESULTS/$STUDY/$MM_JOB"
+    trap '_mm_forward USR1' USR1
+    trap '_mm_forward TERM' TERM
+    for ((idx = start; idx < count; idx += stride)); do
+        if [[ -n ${MM_GOT_SIGNAL:-} ]]; then rc=3; else _mm_run_one "$idx"; rc=$?; fi
+        if [[ $rc -eq 3 ]]; then
+            # preempted (--signal=B:USR1@T or scancel): requeue; the next start resumes or
+            # restarts the unfinished runs and skips the complete ones.
+            if [[ -n ${SLURM_JOB_ID:-} && ${REQUEUE:-1} == 1 ]]; then
+                _mm_log "requeueing job ${SLURM_JOB_ID}"
+                scontrol requeue "$SLURM_JOB_ID" || true
+            fi
+            exit 3
+        fi
+        [[ $rc -ne 0 ]] && failed=$((failed + 1))
+    done
+    [[ $failed -eq 0 ]] || { _mm_log "$failed run(s) failed"; exit 1; }
+    _mm_log "done"
+}
+
+# Direct use: bash jobs/common.sh count|list STUDY
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    case ${1:-} in
+        count|list) STUDY=${2:?usage: common.sh count|list STUDY}; _mm_setup || exit 2; _mm_plan "$1" ;;
+        *) echo "usage: bash jobs/common.sh count|list STUDY   (job scripts source this file)" >&2; exit 2 ;;
+    esac
+fi

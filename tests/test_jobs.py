@@ -1,0 +1,159 @@
+"""The real job scripts (jobs/*.sbatch) submitted to the local SLURM with `sbatch --wait` at tiny
+sizes; then the run files they wrote are checked (status, world size, layout).
+
+The module fixture brings the cluster up like tests/test_slurm_cluster.py: skip only when
+`jobs/local-cluster.sh up` exits 3 (cannot run here); any other failure fails.
+"""
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import h5py
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EXIT_CANNOT = 3
+JOB_TIMEOUT = 240
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHON=sys.executable)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _run(cmd, timeout, env=None):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=env or _env(), cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"timed out after {timeout}s: {' '.join(map(str, cmd))}\n"
+                    f"stdout: {exc.stdout}\nstderr: {exc.stderr}")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    proc = _run(["bash", str(ROOT / "jobs" / "local-cluster.sh"), "up"], timeout=240)
+    if proc.returncode == EXIT_CANNOT:
+        pytest.skip((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1])
+    if proc.returncode != 0:
+        pytest.fail(f"local-cluster.sh up exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return True
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jobdata")
+
+
+def sbatch(tmp_path, study, data_dir, ntasks, array="0-1", **env):
+    """Submit jobs/STUDY.sbatch with --wait; return (exit code, output, results dir)."""
+    name = f"mpimem-test-{uuid.uuid4().hex[:8]}"
+    results = tmp_path / "results"
+    cmd = ["sbatch", "--wait", "--export=ALL", "-J", name, f"--ntasks={ntasks}",
+           f"--array={array}", "--time=5", "-o", str(tmp_path / "job-%A_%a.out"),
+           str(ROOT / "jobs" / f"{study}.sbatch")]
+    full = _env(RESULTS=results, DATA_DIR=data_dir, RUN_TIMEOUT=150, **env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT,
+                              env=full, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", "-n", name], capture_output=True, timeout=10)
+        pytest.fail(f"job {name} not done after {JOB_TIMEOUT}s (cancelled)")
+    out = "".join(p.read_text() for p in sorted(tmp_path.glob("job-*.out")))
+    assert "Submitted batch job" in proc.stdout, proc.stdout + proc.stderr
+    return proc.returncode, out, results
+
+
+def check_runs(results, study, expect):
+    """Every run directory holds a complete RUN.h5 of the right world size; returns metas."""
+    files = sorted((results / study).glob("*/*/RUN.h5"))
+    assert len(files) == expect, files
+    metas = []
+    for f in files:
+        meta = json.loads((f.parent / "meta.json").read_text())
+        with h5py.File(f, "r") as h:
+            assert h.attrs["format"] == "mpimem-run"
+            assert h.attrs["status"] == "complete", f
+            assert int(h.attrs["ranks"]) == meta["workers"] + 1 == meta["ranks"]
+            assert int(h.attrs["workers"]) == meta["workers"]
+            n = h["metrics/loss_xbar"].shape[0]
+            assert n >= 2 and h["final/xbar"].shape[0] == int(h.attrs["d"])
+            cfg = json.loads(h.attrs["config"])
+        # the results tree is <study>/<job>/<run index>/RUN.h5
+        assert f.parent.name == str(meta["index"]) and meta["study"] == study
+        metas.append((meta, cfg))
+    return metas
+
+
+TINY = dict(N=300, D=20, EPOCHS=1, EVAL_EVERY=0.5)
+
+
+def test_theory_job(slurm, tmp_path, data_dir):
+    rc, out, res = sbatch(tmp_path, "theory", data_dir, 2, DATASETS="epsilon",
+                          METHODS="top-1 top-1-nomem", **TINY)
+    assert rc == 0, out
+    metas = check_runs(res, "theory", 2)
+    got = {m["label"]: c for m, c in metas}
+    assert got["top-1"]["memory"] and not got["top-1-nomem"]["memory"]
+    assert got["top-1"]["schedule"] == "decay" and got["top-1"]["gamma"] == 2.0
+    assert got["top-1"]["averaging"] == "quadratic"
+
+
+def test_qsgd_job_srun_pmi2(slurm, tmp_path, data_dir):
+    rc, out, res = sbatch(tmp_path, "qsgd", data_dir, 2, METHODS="rand-1 QSGD-4bit",
+                          LAUNCHER="srun", **TINY)
+    assert rc == 0, out
+    metas = check_runs(res, "qsgd", 2)
+    got = {m["label"]: (m, c) for m, c in metas}
+    assert got["QSGD-4bit"][1]["gamma"] == 1.0 and got["rand-1"][1]["gamma"] == 10.0
+    assert got["QSGD-4bit"][1]["bits"] == 4 and got["rand-1"][1]["schedule"] == "bottou"
+    assert all(m["launcher"].startswith("srun --mpi=pmi2") for m, _ in got.values())
+
+
+def test_scaling_job_worker_array(slurm, tmp_path, data_dir):
+    # one array task per worker count; the allocation holds W_max + 1 = 3 tasks
+    rc, out, res = sbatch(tmp_path, "scaling", data_dir, 3, DATASETS="rcv1", METHODS="top-50",
+                          WORKERS="1 2", N=300, D_RCV1=120, EPOCHS=1, EVAL_EVERY=0.5)
+    assert rc == 0, out
+    metas = check_runs(res, "scaling", 2)
+    assert sorted(m["workers"] for m, _ in metas) == [1, 2]
+    assert all(c["k"] == 50 and c["gamma"] == 1.0 for _, c in metas)
+
+
+def test_weak_job_grows_data(slurm, tmp_path, data_dir):
+    rc, out, res = sbatch(tmp_path, "weak", data_dir, 3, array="0", METHODS="rand-10",
+                          WORKERS="1 2", N_PER_WORKER=150, D=20, EPOCHS=1, EVAL_EVERY=0.5)
+    assert rc == 0, out   # a single array task runs both runs in turn
+    metas = check_runs(res, "weak", 2)
+    for meta, _ in metas:
+        with h5py.File(meta["data"], "r") as h:
+            assert int(h.attrs["n"]) == 150 * meta["workers"]
+
+
+def test_wrong_srun_mpi_is_caught(slurm, tmp_path, data_dir):
+    """SRUN_MPI=none starts size-1 programs: the probe must refuse before any training."""
+    rc, out, res = sbatch(tmp_path, "qsgd", data_dir, 2, array="0", METHODS="top-1",
+                          LAUNCHER="srun", SRUN_MPI="none", **TINY)
+    assert rc != 0
+    assert "failed the size-2 probe" in out and "COMM_WORLD.size is 1" in out
+    assert not list(res.rglob("RUN.h5"))
+
+
+def test_rerun_skips_complete_runs(tmp_path, data_dir):
+    """Outside SLURM (plain bash, mpiexec): a second start of the same job skips finished runs
+    (what a requeued job does), and the study expands as documented."""
+    env = _env(RESULTS=tmp_path / "r", DATA_DIR=data_dir, JOB_ID="j", METHODS="top-1",
+               RUN_TIMEOUT=150, **TINY)
+    count = _run(["bash", "jobs/common.sh", "count", "qsgd"], 60, env)
+    assert count.stdout.strip() == "1"
+    assert _run(["bash", "jobs/common.sh", "count", "theory"], 60, _env()).stdout.strip() == "12"
+    first = _run(["bash", "jobs/qsgd.sbatch"], 200, env)
+    assert first.returncode == 0, first.stderr
+    again = _run(["bash", "jobs/qsgd.sbatch"], 100, env)
+    assert again.returncode == 0 and "already complete" in again.stderr
