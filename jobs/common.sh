@@ -16,11 +16,13 @@
 #   DATASETS "epsilon rcv1"  METHODS "top-1 SGD" (labels)  WORKERS "1 2 4"  SEEDS "0 1"
 #   N, D, N_<NAME>, D_<NAME>, N_PER_WORKER (weak), DATA_SEED (1)   (size of synthetic data)
 #   EPOCHS  EVAL_EVERY  BATCH_SIZE  MODE  EXTRA_ARGS (appended to every `mpimem train`)
+#   CHECKPOINT_EVERY (passed to mpimem train --checkpoint-every, e.g. 10m)
 #   RUN_TIMEOUT (seconds; kill a run that takes longer)
 #   SYNTH=0 (never generate a missing data set)  LAUNCHER auto|srun|mpiexec  SRUN_MPI (pmi2)
 #   JOB_ID (result folder name; default $SLURM_ARRAY_JOB_ID / $SLURM_JOB_ID / local-<time>)
 #   PYTHON (python)  MPIMEM_ROOT (the repository; default: found from the job script)
-# Exit status: 0 when every run of the task is complete; 1 otherwise.
+# Exit status: 0 when every run of the task is complete; 75 when stopped by a signal (the job
+# requeues itself); 1 otherwise.
 
 _mm_log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${STUDY:-?}" "$*" >&2; }
 
@@ -231,8 +233,8 @@ _mm_run_one() {
     if [[ $st == complete* ]]; then _mm_log "run $idx ($RUN_DATASET $RUN_LABEL W=$RUN_WORKERS): already complete"; return 0; fi
     local resume=()
     if [[ $st != missing ]]; then
-        if [[ $MM_HAS_RESUME == 1 && $st != unreadable ]]; then
-            resume=(--resume)                 # checkpoint support present: continue the run
+        if [[ $MM_HAS_RESUME == 1 ]] && compgen -G "${run%.h5}.ckpt/ckpt-*.h5" >/dev/null; then
+            resume=(--resume "$run")          # continue from the newest valid checkpoint
         else
             n=1; while [[ -e $run.prev-$n ]]; do n=$((n + 1)); done
             mv "$run" "$run.prev-$n"; _mm_log "run $idx: kept the earlier attempt ($st) as $run.prev-$n"
@@ -246,8 +248,11 @@ import json, sys, os
 m = json.load(sys.stdin); m.update(job=sys.argv[1], launcher=sys.argv[2], slurm_job_id=os.environ.get("SLURM_JOB_ID"))
 json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$dir/meta.json"
     _mm_log "run $idx: $RUN_DATASET $RUN_LABEL W=$RUN_WORKERS seed=$RUN_SEED -> $run"
-    "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "$RUN_DATA" --out "$run" --quiet \
-        "${RUN_ARGS[@]}" "${resume[@]}" >>"$dir/train.log" 2>&1 &
+    local train=("$RUN_DATA" --out "$run" --quiet "${RUN_ARGS[@]}")
+    # with --resume the settings come from the checkpoint (docs/checkpoints.md)
+    [[ ${#resume[@]} -gt 0 ]] && train=("${resume[@]}" --out "$run" --quiet)
+    [[ -n ${CHECKPOINT_EVERY:-} ]] && train+=(--checkpoint-every "$CHECKPOINT_EVERY")
+    "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "${train[@]}" >>"$dir/train.log" 2>&1 &
     MM_CHILD=$!
     local watchdog=
     if [[ -n ${RUN_TIMEOUT:-} ]]; then   # a hung run (deadlock) must not hold the allocation
@@ -264,7 +269,7 @@ json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$di
     MM_CHILD=
     [[ -n $watchdog ]] && { kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null; }
     st=$(_mm_run_status "$run")
-    if [[ $st == preempted* || ( -n ${MM_GOT_SIGNAL:-} && $st != complete* ) ]]; then
+    if [[ $rc -eq 75 || $st == preempted* || ( -n ${MM_GOT_SIGNAL:-} && $st != complete* ) ]]; then
         _mm_log "run $idx: stopped by SIG${MM_GOT_SIGNAL:-?} (status: $st, exit $rc)"
         return 3
     fi
@@ -297,7 +302,7 @@ mm_main() {
                 _mm_log "requeueing job ${SLURM_JOB_ID}"
                 scontrol requeue "$SLURM_JOB_ID" || true
             fi
-            exit 3
+            exit 75
         fi
         [[ $rc -ne 0 ]] && failed=$((failed + 1))
     done

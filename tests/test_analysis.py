@@ -5,6 +5,7 @@ with h5py (not through analysis/load.py); figures must be real, non-trivial PNGs
 file in the results tree must be named, not crash the figures or slip into the numbers.
 """
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -101,7 +102,9 @@ def test_table_matches_hdf5(results, tmp_path):
     tgt = max(np.min(_h5(f)["loss_xbar"]) for f in qsgd)
     mb = {}
     for f in qsgd:
-        label = "QSGD-8bit" if "qsgd" in h5py.File(f, "r").attrs["config"] else "top-1"
+        with h5py.File(f, "r") as h:
+            comp = json.loads(h.attrs["config"])["compressor"]
+        label = "QSGD-8bit" if comp == "qsgd" else "top-1"
         m = _h5(f)
         mb[label] = _crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt)
     ratio = float(by[("qsgd", "QSGD-8bit", "1")]["bits_ratio_vs_top-1"]["value"])

@@ -157,3 +157,36 @@ def test_rerun_skips_complete_runs(tmp_path, data_dir):
     assert first.returncode == 0, first.stderr
     again = _run(["bash", "jobs/qsgd.sbatch"], 100, env)
     assert again.returncode == 0 and "already complete" in again.stderr
+
+
+def test_signal_is_forwarded_and_rerun_resumes(tmp_path, data_dir):
+    """SIGUSR1 to the job shell (what --signal=B:USR1@T does) reaches mpimem train, which
+    checkpoints and exits 75; the job exits 75; the next start resumes the run to complete."""
+    import signal
+    import time
+    env = _env(RESULTS=tmp_path / "r", DATA_DIR=data_dir, JOB_ID="j", METHODS="top-1",
+               N=300, D=20, EPOCHS=40, EVAL_EVERY=5, CHECKPOINT_EVERY=200, RUN_TIMEOUT=150)
+    proc = subprocess.Popen(["bash", "jobs/qsgd.sbatch"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = tmp_path / "r" / "qsgd" / "j" / "0" / "RUN.h5"
+    ckpt = run.with_suffix(".ckpt")
+    try:
+        deadline = time.time() + 120
+        while not (ckpt.is_dir() and any(ckpt.glob("ckpt-*.h5"))) and time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"job ended before the signal: {proc.communicate()}")
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast)")
+    assert proc.returncode == 75, err
+    with h5py.File(run, "r") as h:
+        assert h.attrs["status"] == "preempted"
+    again = _run(["bash", "jobs/qsgd.sbatch"], 200, env)
+    assert again.returncode == 0, again.stderr
+    with h5py.File(run, "r") as h:
+        assert h.attrs["status"] == "complete" and int(h.attrs.get("resumed", 0)) == 1
