@@ -210,7 +210,7 @@ _mm_launcher() {
             printf -v "$cache" '%q ' "${MM_LAUNCH[@]}"
             return 0
         fi
-        _mm_log "launcher ${MM_LAUNCH[*]} failed the size-$ranks probe: $(tail -n 2 <<<"$probe_out" | tr '\n' ' ')"
+        _mm_log "launcher ${MM_LAUNCH[*]} failed the size-$ranks probe: $( (grep -m1 '^slurm_probe:' <<<"$probe_out" || tail -n 2 <<<"$probe_out") | tr '\n' ' ')"
     done
     return 1
 }
