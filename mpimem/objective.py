@@ -8,12 +8,75 @@ logaddexp(0, -m) and sigma by scipy's expit, so no margin overflows. x is taken 
 so the sums are float64 even when X is stored float32.
 """
 import numpy as np
+import scipy.sparse as sp
+from numba import njit
 from scipy.special import expit
+
+
+_SIMD = {"reassoc", "nsz", "arcp", "contract"}  # lets the dense dot products vectorise
+
+
+@njit(cache=True, fastmath=_SIMD)
+def _matvec_dense(X, v, out):
+    for i in range(X.shape[0]):
+        acc = 0.0
+        for j in range(X.shape[1]):
+            acc += X[i, j] * v[j]
+        out[i] = acc
+
+
+@njit(cache=True, fastmath=_SIMD)
+def _rmatvec_dense(X, w, out):
+    for i in range(X.shape[0]):
+        wi = w[i]
+        for j in range(X.shape[1]):
+            out[j] += X[i, j] * wi
+
+
+@njit(cache=True)
+def _matvec_csr(data, indices, indptr, v, out):
+    for i in range(indptr.size - 1):
+        acc = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            acc += data[p] * v[indices[p]]
+        out[i] = acc
+
+
+@njit(cache=True)
+def _rmatvec_csr(data, indices, indptr, w, out):
+    for i in range(indptr.size - 1):
+        wi = w[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            out[indices[p]] += data[p] * wi
+
+
+def matvec(X, v) -> np.ndarray:
+    """X v in float64 without converting X (a float32 X is never copied to float64)."""
+    v = np.ascontiguousarray(v, np.float64)
+    out = np.empty(X.shape[0])
+    if sp.issparse(X):
+        X = X.tocsr()
+        _matvec_csr(X.data, X.indices, X.indptr, v, out)
+    else:
+        _matvec_dense(np.ascontiguousarray(X), v, out)
+    return out
+
+
+def rmatvec(X, w) -> np.ndarray:
+    """X^T w in float64, likewise without converting X."""
+    w = np.ascontiguousarray(w, np.float64)
+    out = np.zeros(X.shape[1])
+    if sp.issparse(X):
+        X = X.tocsr()
+        _rmatvec_csr(X.data, X.indices, X.indptr, w, out)
+    else:
+        _rmatvec_dense(np.ascontiguousarray(X), w, out)
+    return out
 
 
 def _margins(X, y, x):
     """m_i = b_i a_i^T x, in float64."""
-    return y * (X @ np.asarray(x, np.float64))
+    return y * matvec(X, x)
 
 
 def loss_terms(X, y, x) -> tuple[float, int]:
@@ -37,12 +100,12 @@ def objective_and_grad(X, y, x, lam) -> tuple[float, np.ndarray]:
     n, x = X.shape[0], np.asarray(x, np.float64)
     m = _margins(X, y, x)
     f = np.logaddexp(0.0, -m).sum() / n + 0.5 * lam * float(x @ x)
-    g = X.T @ (-y * expit(-m) / n) + lam * x
-    return float(f), np.asarray(g, np.float64)
+    g = rmatvec(X, -y * expit(-m) / n) + lam * x
+    return float(f), g
 
 
 def hessian_vector(X, y, x, lam):
     """v -> Hessian(f)(x) v = (1/n) X^T diag(s_i (1 - s_i)) X v + lam v, s_i = sigma(m_i)."""
     s = expit(_margins(X, y, x))
     weight = s * (1.0 - s) / X.shape[0]
-    return lambda v: X.T @ (weight * (X @ v)) + lam * v
+    return lambda v: rmatvec(X, weight * matvec(X, v)) + lam * v
