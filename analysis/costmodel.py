@@ -113,8 +113,7 @@ def measure_compute(d=400, n=2000, k=10, reps=3, seed=0):
                       n, d, 1)
         comp = make_compressor(name, d, cfg.k, None, True, 0)
         rule = RoundRule(cfg, d, 1, comp)
-        aux = getattr(rule, "uses_pool", None) or getattr(rule, "uses_heap")  # engine API drift
-        ws = WorkerState(1, shard, d, 1, 0, comp, aux(shard))
+        ws = WorkerState(1, shard, d, 1, 0, comp, rule.uses_pool(shard))
         rep, agg = Replica(d), rule.make_aggregator()
         best_c = best_a = float("inf")
         for _ in range(reps):

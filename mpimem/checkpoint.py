@@ -4,7 +4,7 @@ What a checkpoint holds (everything the trajectory depends on, so that a resumed
 bit-identical to an uninterrupted one): the server's iterate x = s z, the averager (S, Cmark,
 C, wsum), the round counter; per worker its error memory m, sampler (perm, cursor), RNG states
 (rng_sample, rng_quant; rand-k indices are stateless per round), byte counters and timings; the
-metrics rows so far, the resolved configuration and the data set's fingerprint. The top-k heap
+metrics rows so far, the resolved configuration and the data set's fingerprint. The top-k pool
 is derived from m and rebuilt on load (WorkerState.load_state).
 
 File: <run>.ckpt/ckpt-<round>.h5, written by rank 0 only after the workers' states are

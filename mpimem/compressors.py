@@ -153,6 +153,11 @@ class TopK(Compressor):
         self.hkey = np.zeros(k)
         self.hidx = np.zeros(k, np.int64)
         self.sel = np.zeros(k, np.int64)
+        # threshold pool (sparse data): rebuild scans keep the top sqrt(d k) (kernels.pool_top_k)
+        self.pool_k = min(d, max(2 * k, int(math.sqrt(d * k))))
+        self.wkey = np.zeros(self.pool_k)
+        self.widx = np.zeros(self.pool_k, np.int64)
+        self.wsel = np.zeros(self.pool_k, np.int64)
 
     def describe(self):
         return {"name": self.name, "k": self.k}
@@ -161,12 +166,12 @@ class TopK(Compressor):
         return 8 * self.k
 
     def compress(self, ws, r):
-        if ws.heap.size:
-            idx, vals = sparse_views(ws.msg, self.k)
-            K.heap_emit_top_k(ws.m, ws.heap, ws.pos, ws.key, self.k, self.sel, vals)
-            idx[:] = self.sel
-            return 8 * self.k
-        n = K.top_k_scan(ws.m, ws.cand, ws.ncand, self.k, self.sel, self.hkey, self.hidx)
+        if ws.pool.size:
+            n = K.pool_top_k(ws.m, ws.cand, ws.ncand, ws.pool, ws.inpool, ws.pool_state, self.k,
+                             self.pool_k, self.sel, self.hkey, self.hidx, self.wsel, self.wkey,
+                             self.widx)
+        else:
+            n = K.top_k_scan(ws.m, ws.cand, ws.ncand, self.k, self.sel, self.hkey, self.hidx)
         idx, vals = sparse_views(ws.msg, n)
         idx[:] = self.sel[:n]
         K.emit_sparse(ws.m, self.sel, n, vals)

@@ -58,15 +58,16 @@ class WorkerState:
         "worker",
         # algorithm state (Algorithm 1): error memory, sampler, random streams
         "m", "perm", "cursor", "rng_sample", "rng_quant",
-        # derived from m, rebuilt on load: the indexed max-heap over |m| (top-k, sparse data)
-        "heap", "pos", "key",
+        # derived from m, reset on load: the threshold pool of top-k on sparse data
+        # (kernels.pool_top_k: pool members, membership flags, [pool size, threshold])
+        "pool", "inpool", "pool_state",
         # scratch
         "rows", "mark", "cand", "ncand", "msg",
         # statistics
         "bytes_up", "bytes_down", "timing",
     )
 
-    def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_heap):
+    def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_pool):
         self.worker = worker
         self.m = np.zeros(d)
         self.perm = np.arange(shard.n, dtype=np.int64)
@@ -82,9 +83,9 @@ class WorkerState:
         self.bytes_up = 0
         self.bytes_down = 0
         self.timing = np.zeros(len(TIMING_COLUMNS))
-        self.heap = self.pos = self.key = np.zeros(0, np.int64)
-        if use_heap:
-            self.rebuild_heap()
+        self.pool = np.zeros(d if use_pool else 0, np.int64)
+        self.inpool = np.zeros(d if use_pool else 0, np.uint8)
+        self.pool_state = np.zeros(2)
 
     STATE = ("m", "perm", "cursor", "rng_sample", "rng_quant", "timing")
 
@@ -95,7 +96,7 @@ class WorkerState:
         return state
 
     def load_state(self, state: dict) -> None:
-        """Restore from state_dict(); the heap (derived from m) is rebuilt when in use."""
+        """Restore from state_dict(); the top-k pool (derived from m) starts afresh."""
         for key in self.STATE:
             current = getattr(self, key)
             value = np.asarray(state[key], dtype=current.dtype)
@@ -104,16 +105,8 @@ class WorkerState:
                                  f"{value.shape}, expected {current.shape}")
             current[...] = value
         self.bytes_up, self.bytes_down = int(state["bytes_up"]), int(state["bytes_down"])
-        if self.heap.size:
-            self.rebuild_heap()
-
-    def rebuild_heap(self):
-        """Heap over |m| with ties by index: a sorted array is a valid heap; O(d log d), rare."""
-        d = self.m.size
-        self.key = np.abs(self.m)
-        self.heap = np.lexsort((np.arange(d), -self.key)).astype(np.int64)
-        self.pos = np.empty(d, np.int64)
-        self.pos[self.heap] = np.arange(d)
+        self.inpool[:] = 0
+        self.pool_state[:] = 0.0  # empty pool: the next round rebuilds it from a full scan
 
 
 class RoundRule:
@@ -131,8 +124,8 @@ class RoundRule:
         self.schedule = StepSchedule(cfg.schedule, cfg.gamma, cfg.lam, cfg.shift)
         self.weights = AveragingWeights(cfg.averaging, cfg.shift)
 
-    def uses_heap(self, shard: ShardData) -> bool:
-        """Indexed heap for top-k when the round's memory changes touch only nnz coordinates."""
+    def uses_pool(self, shard: ShardData) -> bool:
+        """Threshold pool for top-k when a round's memory changes touch only nnz coordinates."""
         return (isinstance(self.comp, TopK) and not shard.dense and self.memory
                 and self.l2_on_server)
 
@@ -158,8 +151,7 @@ class RoundRule:
             K.grad_dense_into(shard.X, shard.y, ws.rows, replica.z, replica.s, ws.m, eta)
         else:
             touched = K.grad_csr_into(shard.data, shard.indices, shard.indptr, shard.y, ws.rows,
-                                      replica.z, replica.s, ws.m, eta, ws.mark, ws.cand, 0,
-                                      ws.heap, ws.pos, ws.key)
+                                      replica.z, replica.s, ws.m, eta, ws.mark, ws.cand, 0)
         ws.ncand = touched
         if not self.l2_on_server:
             K.add_l2_into(ws.m, replica.z, replica.s, eta * self.b * self.lam)

@@ -2,7 +2,7 @@
 
 Equation references are to docs/spec.md. Ordering rule for top-k everywhere: coordinate i ranks
 above j when |v_i| > |v_j|, or |v_i| == |v_j| and i < j; selections are emitted in that order, so
-the heap and the scan produce the same message byte for byte.
+the threshold pool and the full scan produce the same message byte for byte.
 """
 import math
 
@@ -70,14 +70,12 @@ def grad_dense_into(X, y, rows, z, s, m, eta):
 
 
 @njit(cache=CACHE)
-def grad_csr_into(data, indices, indptr, y, rows, z, s, m, eta, mark, touched, ntouched,
-                  heap, pos, key):
+def grad_csr_into(data, indices, indptr, y, rows, z, s, m, eta, mark, touched, ntouched):
     """The same for CSR rows: only the row's nonzeros change, O(nnz) per sample.
 
-    Coordinates changed are appended once to `touched` (`mark` flags them); when a heap is
-    given (heap.size > 0) its keys |m_j| are kept current. Returns the new touched count.
+    Coordinates changed are appended once to `touched` (`mark` flags them). Returns the new
+    touched count.
     """
-    use_heap = heap.size > 0
     for r in rows:
         lo, hi = indptr[r], indptr[r + 1]
         acc = 0.0
@@ -91,8 +89,6 @@ def grad_csr_into(data, indices, indptr, y, rows, z, s, m, eta, mark, touched, n
                 mark[j] = 1
                 touched[ntouched] = j
                 ntouched += 1
-            if use_heap:
-                heap_set_key(heap, pos, key, j, abs(m[j]))
     return ntouched
 
 
@@ -102,79 +98,6 @@ def add_l2_into(m, z, s, c):
     cs = c * s
     for j in range(m.size):
         m[j] += cs * z[j]
-
-
-# ---------------------------------------------------------------- top-k: indexed 4-ary max-heap
-@njit(inline="always")
-def _above(key, a, b):
-    ka = key[a]
-    kb = key[b]
-    return ka > kb or (ka == kb and a < b)
-
-
-@njit(cache=CACHE)
-def heap_sift_up(heap, pos, key, p):
-    j = heap[p]
-    while p > 0:
-        parent = (p - 1) >> 2
-        q = heap[parent]
-        if _above(key, j, q):
-            heap[p] = q
-            pos[q] = p
-            p = parent
-        else:
-            break
-    heap[p] = j
-    pos[j] = p
-
-
-@njit(cache=CACHE)
-def heap_sift_down(heap, pos, key, p):
-    n = heap.size
-    j = heap[p]
-    while True:
-        c = 4 * p + 1
-        if c >= n:
-            break
-        best = c
-        bj = heap[c]
-        end = min(c + 4, n)
-        for cc in range(c + 1, end):
-            if _above(key, heap[cc], bj):
-                best = cc
-                bj = heap[cc]
-        if _above(key, bj, j):
-            heap[p] = bj
-            pos[bj] = p
-            p = best
-        else:
-            break
-    heap[p] = j
-    pos[j] = p
-
-
-@njit(cache=CACHE)
-def heap_set_key(heap, pos, key, j, new_key):
-    """Change coordinate j's key and restore the heap order, O(log d)."""
-    old = key[j]
-    key[j] = new_key
-    if new_key > old:
-        heap_sift_up(heap, pos, key, pos[j])
-    elif new_key < old:
-        heap_sift_down(heap, pos, key, pos[j])
-
-
-@njit(cache=CACHE)
-def heap_top_k(heap, pos, key, k, out_idx):
-    """The k coordinates of largest |m| in ranking order; keys are parked at -1 meanwhile.
-
-    The caller restores each selected key (`heap_set_key`) after it changed m there.
-    """
-    for i in range(k):
-        j = heap[0]
-        out_idx[i] = j
-        key[j] = -1.0
-        heap_sift_down(heap, pos, key, 0)
 
 
 # ---------------------------------------------------------------- top-k: scan (dense or candidates)
@@ -239,6 +162,65 @@ def _min_heap_replace_root(hkey, hidx, n, a, j):
         hidx[p] = j
 
 
+# ---------------------------------------------------------------- top-k: threshold pool (sparse data)
+@njit(cache=CACHE)
+def _pool_keep_above(m, pool, npool, inpool, theta):
+    """Drop pool members with |m_j| <= theta; returns the new pool size."""
+    kept = 0
+    for t in range(npool):
+        j = pool[t]
+        if abs(m[j]) > theta:
+            pool[kept] = j
+            kept += 1
+        else:
+            inpool[j] = 0
+    return kept
+
+
+@njit(cache=CACHE)
+def pool_top_k(m, touched, ntouched, pool, inpool, state, k, ck, out_idx, hkey, hidx,
+               wsel, wkey, widx):
+    """Exact top-k of |m| when only `touched` coordinates (and the last selection) changed.
+
+    Invariant: the pool holds every j with |m_j| > theta (state = [pool size, theta]). Then
+    if at least k members exceed theta, the k largest overall are all in the pool, ties
+    included, and top-k over the pool equals top-k over all d coordinates: O(nnz + pool) a
+    round instead of O(d). Coordinates only rise above theta when touched, so they are
+    checked; when fewer than k members remain, theta is lowered by a full scan (top ck of all
+    d, O(d log ck)); when the pool outgrows 4 ck, theta is raised to its ck-th largest value.
+    """
+    npool = np.int64(state[0])
+    theta = state[1]
+    for t in range(ntouched):
+        j = touched[t]
+        if inpool[j] == 0 and abs(m[j]) > theta:
+            inpool[j] = 1
+            pool[npool] = j
+            npool += 1
+    npool = _pool_keep_above(m, pool, npool, inpool, theta)
+    if npool > 4 * ck:
+        top_k_scan(m, pool, npool, ck, wsel, wkey, widx)
+        theta = abs(m[wsel[ck - 1]])
+        npool = _pool_keep_above(m, pool, npool, inpool, theta)
+    if npool < k:
+        for t in range(npool):
+            inpool[pool[t]] = 0
+        c = top_k_scan(m, pool, -1, ck, wsel, wkey, widx)
+        theta = abs(m[wsel[c - 1]])
+        npool = 0
+        for t in range(c):
+            j = wsel[t]
+            if abs(m[j]) > theta:
+                inpool[j] = 1
+                pool[npool] = j
+                npool += 1
+    state[0] = npool
+    state[1] = theta
+    if npool < k:  # not k coordinates above any threshold: the full scan decides
+        return top_k_scan(m, pool, -1, k, out_idx, hkey, hidx)
+    return top_k_scan(m, pool, npool, k, out_idx, hkey, hidx)
+
+
 # ---------------------------------------------------------------- sparse messages
 @njit(cache=CACHE)
 def emit_sparse(m, idx, k, vals):
@@ -253,14 +235,6 @@ def emit_sparse(m, idx, k, vals):
         m[j] -= np.float64(v32)
 
 
-@njit(cache=CACHE)
-def heap_emit_top_k(m, heap, pos, key, k, idx, vals):
-    """top-k by the indexed heap, emitted as emit_sparse does, keys restored: O(k log d)."""
-    heap_top_k(heap, pos, key, k, idx)
-    emit_sparse(m, idx, k, vals)
-    for i in range(k):
-        j = idx[i]
-        heap_set_key(heap, pos, key, j, abs(m[j]))
 
 
 @njit(cache=CACHE)

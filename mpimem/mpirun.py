@@ -97,7 +97,7 @@ class Run:
             shard = read_shard(cfg.data, self.worker_id - 1, self.workers)
             self.shard = ShardData(shard.X, shard.y)
             self.ws = WorkerState(self.worker_id, self.shard, self.d, self.cfg.batch_size,
-                                  self.cfg.seed, self.comp, self.rule.uses_heap(self.shard))
+                                  self.cfg.seed, self.comp, self.rule.uses_pool(self.shard))
 
     # ------------------------------------------------------------------ rounds
     def server_round(self, r):

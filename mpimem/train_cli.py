@@ -12,7 +12,6 @@ def register(sub) -> None:
                                    "error-feedback SGD. Launch: mpiexec -n W+1 mpimem train DATA.h5")
     p.add_argument("data", nargs="?", help="mpimem data set (HDF5, see `mpimem data`); "
                    "optional with --resume")
-
     p.add_argument("--out", help="run file to write (default RUN.h5)")
     p.add_argument("--config", help="TOML file with settings; options given here override it")
     g = p.add_argument_group("compression")

@@ -105,7 +105,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------- resume under MPI
 CASES = [
-    ("rcv", 2, ["--compressor", "top_k", "--k", "10", "--epochs", "1.5"], 200, 400),  # heap path
+    ("rcv", 2, ["--compressor", "top_k", "--k", "10", "--epochs", "1.5"], 200, 400),  # threshold-pool path
     ("eps", 3, ["--compressor", "qsgd", "--bits", "4", "--averaging", "uniform",
                 "--epochs", "2"], 100, 200),                                         # rng_quant
     ("rcv", 2, ["--compressor", "rand_k", "--k", "5", "--l2", "worker", "--batch-size", "2",
@@ -114,7 +114,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("which,workers,opts,every,start", CASES,
-                         ids=["rcv-W2-topk-heap", "eps-W3-qsgd", "rcv-W2-randk-l2worker"])
+                         ids=["rcv-W2-topk-pool", "eps-W3-qsgd", "rcv-W2-randk-l2worker"])
 def test_resume_is_bit_identical(which, workers, opts, every, start, rcv, eps, tmp_path):
     data = {"rcv": rcv, "eps": eps}[which]
     ref = tmp_path / "ref.h5"

@@ -21,7 +21,7 @@ class FakeWorker:
         self.m = np.zeros(d)
         self.cand = np.zeros(d, np.int64)
         self.ncand = -1
-        self.heap = self.pos = self.key = np.zeros(0, np.int64)
+        self.pool = np.zeros(0, np.int64)  # no threshold pool: top-k scans
         self.rng_quant = stream_state(seed, worker, QUANTISE)
         self.msg = np.zeros(msg_bytes or 8 * d + 8, np.uint8)
 
@@ -165,27 +165,32 @@ def test_bit_packing_round_trip(bits):
     assert np.array_equal(_pack_unpack(codes, bits), codes)
 
 
-def test_heap_top_k_equals_scan_top_k_over_many_sparse_rounds():
-    """The indexed heap (sparse data fast path) selects the same coordinates, in the same
-    order, as the full scan, round after round, ties included."""
-    d, k = 3000, 7
+def test_pool_top_k_equals_scan_top_k_over_many_sparse_rounds():
+    """The threshold pool (sparse-data fast path) selects the same coordinates, in the same
+    order, as the full scan, round after round: ties, falls, rebuilds and tightenings included."""
+    d, k, ck = 3000, 7, 40
     rng = np.random.default_rng(8)
-    m_heap = np.zeros(d)
-    m_scan = np.zeros(d)
-    key = np.zeros(d)
-    heap = np.arange(d, dtype=np.int64)
-    pos = np.arange(d, dtype=np.int64)
-    sel, vals_h, vals_s = np.zeros(k, np.int64), np.zeros(k, np.float32), np.zeros(k, np.float32)
-    hk, hi, sel_s = np.zeros(k), np.zeros(k, np.int64), np.zeros(k, np.int64)
-    for _ in range(300):
-        idx = rng.choice(d, size=40, replace=False)
-        delta = np.round(rng.standard_normal(40), 1)  # coarse values: many exact ties
-        for j, dv in zip(idx, delta):
-            m_heap[j] += dv
-            m_scan[j] += dv
-            K.heap_set_key(heap, pos, key, j, abs(m_heap[j]))
-        K.heap_emit_top_k(m_heap, heap, pos, key, k, sel, vals_h)
-        n = K.top_k_scan(m_scan, sel_s, -1, k, sel_s, hk, hi)
-        K.emit_sparse(m_scan, sel_s, n, vals_s)
-        assert sel.tolist() == sel_s.tolist()
-        assert np.array_equal(vals_h, vals_s) and np.array_equal(m_heap, m_scan)
+    m_pool, m_scan = np.zeros(d), np.zeros(d)
+    pool, inpool, state = np.zeros(d, np.int64), np.zeros(d, np.uint8), np.zeros(2)
+    sel, sel_s = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    vals_p, vals_s = np.zeros(k, np.float32), np.zeros(k, np.float32)
+    hk, hi = np.zeros(k), np.zeros(k, np.int64)
+    wk, wi, ws = np.zeros(ck), np.zeros(ck, np.int64), np.zeros(ck, np.int64)
+    rebuilds = 0
+    for r in range(400):
+        touched = rng.choice(d, size=40 if r % 50 else 400, replace=False)
+        delta = np.round(rng.standard_normal(touched.size), 1)  # coarse: many exact ties and falls
+        m_pool[touched] += delta
+        m_scan[touched] += delta
+        before = state[1]
+        n = K.pool_top_k(m_pool, touched, touched.size, pool, inpool, state, k, ck, sel, hk, hi,
+                         ws, wk, wi)
+        rebuilds += state[1] < before
+        K.emit_sparse(m_pool, sel, n, vals_p)
+        n_s = K.top_k_scan(m_scan, sel_s, -1, k, sel_s, hk, hi)
+        K.emit_sparse(m_scan, sel_s, n_s, vals_s)
+        assert n == n_s == k and sel.tolist() == sel_s.tolist()
+        assert np.array_equal(vals_p, vals_s) and np.array_equal(m_pool, m_scan)
+        members = pool[: int(state[0])]
+        assert set(np.flatnonzero(np.abs(m_pool) > state[1])) <= set(members.tolist())
+    assert rebuilds > 0
