@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
 
-.PHONY: install demo test test-fast bench figures clean
+.PHONY: install demo test bench bench-scaling figures clean
 
 install: $(STAMP)
 
@@ -23,7 +23,10 @@ test: install
 	bash tests/run-tests.sh
 
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all $(BENCH_ARGS)
+
+bench-scaling: install
+	$(PY) -m bench.bench_scaling
 
 figures: install
 	bash analysis/make-figures.sh
