@@ -50,28 +50,25 @@ def _rmatvec_csr(data, indices, indptr, w, out):
             out[indices[p]] += data[p] * wi
 
 
-def matvec(X, v) -> np.ndarray:
-    """X v in float64 without converting X (a float32 X is never copied to float64)."""
+def _product(X, v, transpose):
     v = np.ascontiguousarray(v, np.float64)
-    out = np.empty(X.shape[0])
+    out = np.zeros(X.shape[1] if transpose else X.shape[0])
     if sp.issparse(X):
         X = X.tocsr()
-        _matvec_csr(X.data, X.indices, X.indptr, v, out)
+        (_rmatvec_csr if transpose else _matvec_csr)(X.data, X.indices, X.indptr, v, out)
     else:
-        _matvec_dense(np.ascontiguousarray(X), v, out)
+        (_rmatvec_dense if transpose else _matvec_dense)(np.ascontiguousarray(X), v, out)
     return out
+
+
+def matvec(X, v) -> np.ndarray:
+    """X v in float64 without converting X (a float32 X is never copied to float64)."""
+    return _product(X, v, transpose=False)
 
 
 def rmatvec(X, w) -> np.ndarray:
     """X^T w in float64, likewise without converting X."""
-    w = np.ascontiguousarray(w, np.float64)
-    out = np.zeros(X.shape[1])
-    if sp.issparse(X):
-        X = X.tocsr()
-        _rmatvec_csr(X.data, X.indices, X.indptr, w, out)
-    else:
-        _rmatvec_dense(np.ascontiguousarray(X), w, out)
-    return out
+    return _product(X, w, transpose=True)
 
 
 def _margins(X, y, x):

@@ -39,3 +39,19 @@ def run_mpi(nranks, args, timeout=180, check=False, **kw):
 def run_cli(args, timeout=120, check=False, **kw):
     """`python -m mpimem ARGS` in one process under a timeout."""
     return run(mpimem_cmd(*args), timeout=timeout, check=check, **kw)
+
+
+@pytest.fixture(scope="session")
+def eps(tmp_path_factory):
+    """Epsilon-like, n = 1200, d = 120, with f* (shared by the MPI test modules)."""
+    from datasets import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("eps") / "eps.h5", "epsilon", 1200, 120)
+
+
+@pytest.fixture(scope="session")
+def rcv(tmp_path_factory):
+    """RCV1-like, n = 1200, d = 3000 (about 1.5% dense at this d), with f*."""
+    from datasets import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("rcv") / "rcv.h5", "rcv1", 1200, 3000)

@@ -4,21 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import run_mpi
-from datasets import make_dataset
 from mpimem.config import merge, resolve
 from mpimem.data.dataset import read_meta, read_shard
 from mpimem.runfile import read_run
 from mpimem.simulate import simulate
-
-
-@pytest.fixture(scope="module")
-def eps(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("geps") / "eps.h5", "epsilon", 900, 80)
-
-
-@pytest.fixture(scope="module")
-def rcv(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("grcv") / "rcv.h5", "rcv1", 900, 2000)
 
 
 CASES = [

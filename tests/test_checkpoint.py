@@ -16,11 +16,6 @@ from mpimem.runfile import read_run
 
 
 @pytest.fixture(scope="module")
-def rcv(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("rcv") / "rcv.h5", "rcv1", 1200, 3000, optimum=False)
-
-
-@pytest.fixture(scope="module")
 def eps(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("eps") / "eps.h5", "epsilon", 600, 50, optimum=False)
 

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import MPIEXEC, mpimem_cmd, run_mpi
-from datasets import make_dataset
 from mpimem import checkpoint as CK
 from mpimem.runfile import read_run
 
 OPTS = ["--compressor", "top_k", "--k", "10", "--epochs", "4", "--seed", "5", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def rcv(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("rcv") / "rcv.h5", "rcv1", 1200, 3000, optimum=False)
 
 
 @pytest.fixture(scope="module")

@@ -96,23 +96,16 @@ def test_sbatch_wait_returns_exit_code(slurm, tmp_path, code):
     assert "job-ran-" in output
 
 
-def test_mpiexec_inside_allocation(slurm, tmp_path):
-    rc, output = slurm.sbatch(
-        tmp_path, f"mpiexec -n 3 {sys.executable} {PROBE} --expect 3", ntasks=3)
+@pytest.mark.parametrize("launcher", ["mpiexec -n 3", "srun --mpi=pmi2 -n 3"])
+def test_mpi_launch_inside_allocation(slurm, tmp_path, launcher):
+    """Both launchers give one program of size 3 (ranks 0..2); srun runs one task per rank."""
+    rc, output = slurm.sbatch(tmp_path, f"{launcher} {sys.executable} {PROBE} --expect 3", ntasks=3)
     assert rc == 0, output
     lines = _probe_lines(output)
     assert sorted(r for r, _, _ in lines) == [0, 1, 2], output
     assert all(s == 3 for _, s, _ in lines), output
-
-
-def test_srun_pmi2(slurm, tmp_path):
-    rc, output = slurm.sbatch(
-        tmp_path, f"srun --mpi=pmi2 -n 3 {sys.executable} {PROBE} --expect 3", ntasks=3)
-    assert rc == 0, output
-    lines = _probe_lines(output)
-    assert sorted(r for r, _, _ in lines) == [0, 1, 2], output
-    assert all(s == 3 for _, s, _ in lines), output
-    assert sorted(p for _, _, p in lines) == ["0", "1", "2"], output  # one srun task per rank
+    if launcher.startswith("srun"):
+        assert sorted(p for _, _, p in lines) == ["0", "1", "2"], output
 
 
 def test_plain_srun_gives_size_one_programs_and_probe_catches_it(slurm, tmp_path):

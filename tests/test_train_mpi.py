@@ -5,21 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import run_mpi, run_cli
-from datasets import make_dataset
 from mpimem.config import merge, resolve
 from mpimem.data.dataset import read_meta, read_shard
 from mpimem.runfile import read_run
 from mpimem.simulate import simulate
-
-
-@pytest.fixture(scope="module")
-def eps(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("eps") / "eps.h5", "epsilon", 1200, 120)
-
-
-@pytest.fixture(scope="module")
-def rcv(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("rcv") / "rcv.h5", "rcv1", 1200, 3000)
 
 
 def cli_args(opts):
