@@ -53,10 +53,12 @@ def data_dir(tmp_path_factory):
 
 def sbatch(tmp_path, study, data_dir, ntasks, array="0-1", **env):
     """Submit jobs/STUDY.sbatch with --wait; return (exit code, output, results dir)."""
+    # --time well above the scripts' --signal=B:USR1@300: a shorter limit signals the job at
+    # once, and it checkpoints and requeues itself (that path works, but is slow to test)
     name = f"mpimem-test-{uuid.uuid4().hex[:8]}"
     results = tmp_path / "results"
     cmd = ["sbatch", "--wait", "--export=ALL", "-J", name, f"--ntasks={ntasks}",
-           f"--array={array}", "--time=5", "-o", str(tmp_path / "job-%A_%a.out"),
+           f"--array={array}", "--time=20", "-o", str(tmp_path / "job-%A_%a.out"),
            str(ROOT / "jobs" / f"{study}.sbatch")]
     full = _env(RESULTS=results, DATA_DIR=data_dir, RUN_TIMEOUT=150, **env)
     try:
