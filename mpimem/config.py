@@ -147,7 +147,7 @@ def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
         if not 1 <= cfg.levels <= 32767:
             raise MpimemError(f"--levels must be in 1..32767, got {cfg.levels}")
     try:
-        shift = parse_shift(cfg.shift, d, cfg.k)
+        shift = parse_shift(cfg.shift, d, cfg.k, cfg.batch_size)
     except ValueError:
         raise MpimemError(f"--shift must be a number or a multiple of d/k like '5d/k', got '{cfg.shift}'") from None
     if not shift >= 0:

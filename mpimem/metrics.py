@@ -7,7 +7,7 @@ import numpy as np
 
 from .objective import loss_terms
 
-METRICS = ("round", "epoch", "samples", "wall_time", "bytes_up", "bytes_down",
+METRICS = ("round", "epoch", "samples", "wall_time", "train_time", "bytes_up", "bytes_down",
            "loss_xbar", "loss_x", "subopt_xbar", "subopt_x", "acc_xbar", "acc_x")
 
 

@@ -172,8 +172,10 @@ class Run:
         row = eval_point(total[:4], self.n, self.cfg.lam, self.replica.x(), xbar, self.fstar)
         if samples is None:
             samples = r * self.workers * self.cfg.batch_size
-        row.update(round=r, epoch=samples / self.n, samples=samples,
-                   wall_time=time.perf_counter() - started, bytes_up=total[4], bytes_down=total[5])
+        wall = time.perf_counter() - started
+        evaluating = (self.ws.timing if self.worker_id else self.timing)[4]
+        row.update(round=r, epoch=samples / self.n, samples=samples, wall_time=wall,
+                   train_time=wall - evaluating, bytes_up=total[4], bytes_down=total[5])
         return row
 
     def progress(self, row):

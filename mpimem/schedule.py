@@ -48,10 +48,15 @@ class AveragingWeights:
         return 1.0
 
 
-def parse_shift(text, d: int, k: int) -> float:
-    """The shift a from a number or a multiple of d/k: '2000', 'd/k', '5d/k', '5*d/k'."""
+def parse_shift(text, d: int, k: int, b: int = 1) -> float:
+    """The shift a (in samples, the schedule's clock) from a number or a multiple of d/k.
+
+    'd/k', '5d/k', '5*d/k' mean that many *rounds* (the paper's a = d/k steps), i.e. d b / k
+    samples: with a mini-batch of b samples a round sends k coordinates, so the ratio the
+    theory cares about is d / (k / b), and b = 1 is the paper's a = d/k.
+    """
     s = str(text).replace(" ", "").replace("*", "")
     if s.endswith("d/k"):
         factor = s[: -len("d/k")]
-        return (float(factor) if factor else 1.0) * d / k
+        return (float(factor) if factor else 1.0) * d * b / k
     return float(s)
