@@ -155,6 +155,9 @@ class CheckpointWriter:
         self.directory, self.keep = directory, keep
         self.count = 0
         self.fault, self.fault_at = fault_hook()
+        parent = os.path.dirname(os.path.abspath(directory))
+        if not os.path.isdir(parent):  # never create the user's directories, only RUN.ckpt/
+            raise MpimemError(f"output directory {parent} does not exist")
         try:
             os.makedirs(directory, exist_ok=True)
             for stale in glob.glob(os.path.join(directory, ".tmp-*")):  # from a crashed writer

@@ -37,8 +37,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         status = args.func(args)
-    except MpimemError as err:
-        report(err)
+    except MpimemError as err:  # found the same on every rank before MPI work: rank 0 says it
+        if launcher_rank() == 0:
+            report(err)
         return err.exit_status
     except KeyboardInterrupt:
         report("interrupted")

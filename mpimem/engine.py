@@ -106,7 +106,7 @@ class WorkerState:
             current[...] = value
         self.bytes_up, self.bytes_down = int(state["bytes_up"]), int(state["bytes_down"])
         self.inpool[:] = 0
-        self.pool_state[:] = 0.0  # empty pool: the next round rebuilds it from a full scan
+        self.pool_state[:] = (0.0, -1.0)  # no valid pool: the next round rebuilds it (full scan)
 
 
 class RoundRule:

@@ -182,7 +182,8 @@ def pool_top_k(m, touched, ntouched, pool, inpool, state, k, ck, out_idx, hkey, 
                wsel, wkey, widx):
     """Exact top-k of |m| when only `touched` coordinates (and the last selection) changed.
 
-    Invariant: the pool holds every j with |m_j| > theta (state = [pool size, theta]). Then
+    Invariant: the pool holds every j with |m_j| > theta (state = [pool size, theta]; theta < 0
+    marks a pool that must be rebuilt, e.g. after m was loaded from a checkpoint). Then
     if at least k members exceed theta, the k largest overall are all in the pool, ties
     included, and top-k over the pool equals top-k over all d coordinates: O(nnz + pool) a
     round instead of O(d). Coordinates only rise above theta when touched, so they are
@@ -191,18 +192,20 @@ def pool_top_k(m, touched, ntouched, pool, inpool, state, k, ck, out_idx, hkey, 
     """
     npool = np.int64(state[0])
     theta = state[1]
-    for t in range(ntouched):
-        j = touched[t]
-        if inpool[j] == 0 and abs(m[j]) > theta:
-            inpool[j] = 1
-            pool[npool] = j
-            npool += 1
-    npool = _pool_keep_above(m, pool, npool, inpool, theta)
-    if npool > 4 * ck:
-        top_k_scan(m, pool, npool, ck, wsel, wkey, widx)
-        theta = abs(m[wsel[ck - 1]])
+    valid = theta >= 0.0
+    if valid:
+        for t in range(ntouched):
+            j = touched[t]
+            if inpool[j] == 0 and abs(m[j]) > theta:
+                inpool[j] = 1
+                pool[npool] = j
+                npool += 1
         npool = _pool_keep_above(m, pool, npool, inpool, theta)
-    if npool < k:
+        if npool > 4 * ck:
+            top_k_scan(m, pool, npool, ck, wsel, wkey, widx)
+            theta = abs(m[wsel[ck - 1]])
+            npool = _pool_keep_above(m, pool, npool, inpool, theta)
+    if npool < k or not valid:
         for t in range(npool):
             inpool[pool[t]] = 0
         c = top_k_scan(m, pool, -1, ck, wsel, wkey, widx)

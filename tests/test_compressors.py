@@ -178,6 +178,9 @@ def test_pool_top_k_equals_scan_top_k_over_many_sparse_rounds():
     wk, wi, ws = np.zeros(ck), np.zeros(ck, np.int64), np.zeros(ck, np.int64)
     rebuilds = 0
     for r in range(400):
+        if r == 200:  # as after a checkpoint load: the pool is forgotten and must be rebuilt
+            inpool[:] = 0
+            state[:] = (0.0, -1.0)
         touched = rng.choice(d, size=40 if r % 50 else 400, replace=False)
         delta = np.round(rng.standard_normal(touched.size), 1)  # coarse: many exact ties and falls
         m_pool[touched] += delta

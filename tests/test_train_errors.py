@@ -98,4 +98,5 @@ def test_toml_config_with_command_line_override(small, tmp_path):
     cfg = read_run(out)["attrs"]["config"]
     assert (cfg["compressor"], cfg["k"], cfg["epochs"], cfg["seed"]) == ("rand_k", 2, 0.5, 5)
     toml.write_text('[train]\ncompresor = "rand_k"\n')
-    refused(2, [small, "--config", toml], tmp_path, "unknown setting(s) compresor")
+    (tmp_path / "typo").mkdir()
+    refused(2, [small, "--config", toml], tmp_path / "typo", "unknown setting(s) compresor")
