@@ -78,6 +78,7 @@ class Run:
         self.fstar = self.meta.fstar_for(self.cfg.lam)
         self.comp = make_compressor(cfg.compressor, self.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
         self.rule = RoundRule(self.cfg, self.d, self.workers, self.comp)
+        self.rule.warm_up(self.meta.storage == "dense", np.dtype(self.meta.dtype))
         self.rounds = total_rounds(self.cfg, self.n, self.workers)
         self.evals = eval_rounds(self.cfg, self.n, self.workers, self.rounds)
         self.replica = Replica(self.d)
@@ -199,10 +200,12 @@ class Run:
         for r in range(start, self.rounds + 1):
             if r in evals and not (r == start and start > 0):  # a resumed run has this row
                 row = self.evaluate(r, started)
-                if row is not None:
+                if row is not None:  # rank 0: recording the row is evaluation time too
+                    t0 = time.perf_counter()
                     writer.append(row)
                     ck.record(row)
                     self.progress(row)
+                    self.timing[4] += time.perf_counter() - t0
             if r == self.rounds:
                 break
             if r > start and ck.boundary(r, started, r in evals) == "preempted":
