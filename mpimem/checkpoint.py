@@ -428,6 +428,8 @@ class Checkpointing:
         if run.averager is not None:
             a = run.averager
             state.update(S=a.S, Cmark=a.Cmark, C=np.float64(a.C), wsum=np.float64(a.wsum))
+        if run.agg.memory is not None:  # --downlink-k: the server's own error memory
+            state.update(downlink_memory=run.agg.memory)
         return state
 
     def _metrics(self):
@@ -456,6 +458,8 @@ class Checkpointing:
                 a = run.averager
                 a.S[:], a.Cmark[:] = srv["S"], srv["Cmark"]
                 a.C, a.wsum = float(srv["C"]), float(srv["wsum"])
+            if run.agg.memory is not None:
+                run.agg.memory[:] = srv["downlink_memory"]
             rows = len(ckpt["metrics"].get("round", []))
             self.history = [{k: float(ckpt["metrics"][k][i]) for k in ckpt["metrics"]}
                             for i in range(rows)]

@@ -37,13 +37,17 @@ def sparse_views(buf: np.ndarray, n: int):
 
 
 class Aggregator:
-    """The server's scratch for sum_w u_w and the downlink encoding of (1/W) sum_w u_w.
+    """The server's scratch for sum_w u_w and the downlink encoding of U = (1/W) sum_w u_w.
 
     Downlink: int32 idx + float32 vals of the union of coordinates (8 n bytes) when that is
     smaller than the dense float32 vector (4 d bytes); every party applies exactly these values.
+
+    With downlink compression (`downlink_k` = K, the paper's "compression of the state"), the
+    server keeps a memory m_s of its own and sends D = top-K(m_s + U) (8 K bytes), m_s := m_s +
+    U - D: the same error feedback as the workers', on the server-to-worker link.
     """
 
-    def __init__(self, d: int, workers: int, max_entries: int):
+    def __init__(self, d: int, workers: int, max_entries: int, downlink_k: int = None):
         self.d, self.workers = d, workers
         self.acc = np.zeros(d)
         self.mark = np.zeros(d, np.uint8)
@@ -51,6 +55,8 @@ class Aggregator:
         self.nunion = 0
         self.dense = False
         self.out = np.zeros(4 * d, np.uint8)
+        self.down = TopK(d, downlink_k) if downlink_k else None
+        self.memory = np.zeros(d) if downlink_k else None  # server state: checkpointed
 
     def add_sparse(self, idx, vals):
         if self.dense:
@@ -71,6 +77,8 @@ class Aggregator:
 
     def finish(self) -> np.ndarray:
         """The downlink payload (a view of self.out); resets the scratch for the next round."""
+        if self.down is not None:
+            return self._finish_compressed()
         n, d = self.nunion, self.d
         if not self.dense and 8 * n < 4 * d:
             idx, vals = sparse_views(self.out, n)
@@ -83,6 +91,25 @@ class Aggregator:
             payload = self.out
         self.nunion, self.dense = 0, False
         return payload
+
+    def _finish_compressed(self) -> np.ndarray:
+        """D = top-K(m_s + U) as the downlink; m_s keeps the rest (O(d) a round, on the server)."""
+        m, k = self.memory, self.down.k
+        if self.dense:
+            m += self.acc / self.workers
+            self.acc[:] = 0.0
+        else:
+            touched = self.union[: self.nunion]
+            m[touched] += self.acc[touched] / self.workers
+            self.acc[touched] = 0.0
+            self.mark[touched] = 0
+        down = self.down
+        n = K.top_k_scan(m, down.sel, -1, k, down.sel, down.hkey, down.hidx)
+        idx, vals = sparse_views(self.out, n)
+        idx[:] = down.sel[:n]
+        K.emit_sparse(m, down.sel, n, vals)
+        self.nunion, self.dense = 0, False
+        return self.out[: 8 * n]
 
 
 def decode_downlink(payload: np.ndarray, d: int):

@@ -48,6 +48,7 @@ class TrainConfig:
     mode: str = "sync"
     topology: str = "server"
     async_step: str = "full"      # --mode async: server applies u_w ("full", Hogwild) or u_w/W
+    downlink_k: int = None        # sync server: top-K downlink with a server memory (None: off)
     seed: int = 0
     eval_every: float = None
     quiet: bool = False
@@ -104,6 +105,12 @@ def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
     _choice("async_step", cfg.async_step, ASYNC_STEPS)
     if cfg.mode == "async" and cfg.topology != "server":
         raise MpimemError("--mode async needs --topology server (allgather is a synchronous collective)")
+    if cfg.downlink_k is not None:
+        if cfg.mode != "sync" or cfg.topology != "server":
+            raise MpimemError("--downlink-k (server memory) needs the synchronous server "
+                              "(--mode sync --topology server)")
+        if not 1 <= cfg.downlink_k <= d:
+            raise MpimemError(f"--downlink-k must satisfy 1 <= K <= d = {d}, got {cfg.downlink_k}")
     if workers < 1:
         raise MpimemError("mpimem train needs at least 2 MPI ranks (rank 0 is the server, "
                           "ranks 1..W the workers); run it with mpiexec -n W+1")

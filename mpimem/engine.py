@@ -138,7 +138,7 @@ class RoundRule:
 
     def make_aggregator(self):
         per_message = self.comp.max_message_bytes() // 4
-        return Aggregator(self.d, self.workers, self.workers * per_message)
+        return Aggregator(self.d, self.workers, self.workers * per_message, self.cfg.downlink_k)
 
     def warm_up(self, dense: bool, dtype) -> None:
         """One round on throwaway state and a fake shard of the run's storage and dtype, so that

@@ -41,6 +41,8 @@ def register(sub) -> None:
                    "allgather: no server, every rank a worker (mpiexec -n W)")
     g.add_argument("--async-step", choices=ASYNC_STEPS, help="async: the server applies each "
                    "worker's full step u_w (full, Hogwild; default) or u_w/W (mean)")
+    g.add_argument("--downlink-k", type=int, help="sync server: send only the top-K of the "
+                   "aggregate and keep the rest in a server memory (default: the exact update)")
     g.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
     g.add_argument("--eval-every", type=float, help="epochs between evaluations (default: 10 points a run)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress lines")

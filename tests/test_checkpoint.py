@@ -105,11 +105,14 @@ CASES = [
                 "--epochs", "2"], 100, 200),                                         # rng_quant
     ("rcv", 2, ["--compressor", "rand_k", "--k", "5", "--l2", "worker", "--batch-size", "2",
                 "--epochs", "1"], 100, 100),
+    ("eps", 2, ["--compressor", "top_k", "--k", "3", "--downlink-k", "4", "--epochs", "2"],
+     100, 200),                                                                  # server memory
 ]
 
 
 @pytest.mark.parametrize("which,workers,opts,every,start", CASES,
-                         ids=["rcv-W2-topk-pool", "eps-W3-qsgd", "rcv-W2-randk-l2worker"])
+                         ids=["rcv-W2-topk-pool", "eps-W3-qsgd", "rcv-W2-randk-l2worker",
+                              "eps-W2-downlink"])
 def test_resume_is_bit_identical(which, workers, opts, every, start, rcv, eps, tmp_path):
     data = {"rcv": rcv, "eps": eps}[which]
     ref = tmp_path / "ref.h5"

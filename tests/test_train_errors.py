@@ -55,6 +55,8 @@ def refused(nranks, args, tmp_path, expect):
     (["--epochs", "0"], "--epochs must be > 0"),
     (["--batch-size", "30"], "exceeds the smallest shard"),
     (["--shift", "abc"], "--shift must be a number"),
+    (["--downlink-k", "9"], "--downlink-k must satisfy 1 <= K <= d = 8"),
+    (["--downlink-k", "2", "--mode", "async"], "--downlink-k (server memory) needs the synchronous server"),
 ])
 def test_bad_settings_are_refused(small, tmp_path, args, expect):
     refused(3, [small, *args], tmp_path, expect)

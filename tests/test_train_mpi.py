@@ -42,6 +42,7 @@ CASES = [
     ("rcv", 3, dict(compressor="rand_k", k=10, memory=False)),
     ("rcv", 1, dict(compressor="none", schedule="bottou", gamma=1.0)),
     ("rcv", 2, dict(compressor="sign", schedule="constant", gamma=0.05, averaging="none")),
+    ("rcv", 3, dict(compressor="top_k", k=10, downlink_k=8)),  # server memory on the downlink
 ]
 
 
@@ -96,3 +97,20 @@ def test_run_file_layout_and_info(eps, tmp_path):
         assert np.all(subopt[1:] > 0) and subopt[-1] < subopt[1]
     info = run_cli(["info", out], check=True)
     assert "status complete" in info.stdout and "f(xbar)-f*" in info.stdout
+
+
+def test_downlink_compression_sends_k_entries_and_still_converges(rcv, tmp_path):
+    """--downlink-k K: every round each worker receives the 8-byte length and K (idx, value)
+    pairs; the server's memory keeps the rest, so f(xbar) - f* stays within 2x of the exact
+    downlink's."""
+    runs = {}
+    for name, extra in (("exact", []), ("down", ["--downlink-k", "6"])):
+        out = tmp_path / f"{name}.h5"
+        run_mpi(3, ["train", rcv, "--out", out, "--quiet", "--k", "10", "--epochs", 2, *extra],
+                check=True)
+        runs[name] = read_run(out)
+    rounds = runs["down"]["attrs"]["rounds"]
+    assert runs["down"]["metrics"]["bytes_down"][-1] == 2 * rounds * (8 + 8 * 6)
+    assert runs["exact"]["metrics"]["bytes_down"][-1] > 2 * rounds * (8 + 8 * 10)
+    gap = {k: v["metrics"]["subopt_xbar"][-1] for k, v in runs.items()}
+    assert 0 < gap["down"] <= 2 * gap["exact"], gap
