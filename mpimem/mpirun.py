@@ -37,6 +37,8 @@ def agree(comm, fn):
         result, err = fn(), None
     except MpimemError as exc:
         result, err = None, str(exc)
+    except Exception as exc:  # a bug must stop every rank too, not leave them waiting here
+        result, err = None, f"internal error on rank {comm.Get_rank()}: {type(exc).__name__}: {exc}"
     errors = comm.allgather(err)
     first = next((e for e in errors if e), None)
     if first is not None:
