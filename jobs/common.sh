@@ -251,7 +251,9 @@ json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$di
     local train=("$RUN_DATA" --out "$run" --quiet "${RUN_ARGS[@]}")
     # with --resume the settings come from the checkpoint (docs/checkpoints.md)
     [[ ${#resume[@]} -gt 0 ]] && train=("${resume[@]}" --out "$run" --quiet)
-    [[ -n ${CHECKPOINT_EVERY:-} ]] && train+=(--checkpoint-every "$CHECKPOINT_EVERY")
+    # checkpoints exist for the synchronous server only (async/allgather runs restart on requeue)
+    [[ -n ${CHECKPOINT_EVERY:-} && " ${RUN_ARGS[*]} " != *" async "* && " ${RUN_ARGS[*]} " != *" allgather "* ]] &&
+        train+=(--checkpoint-every "$CHECKPOINT_EVERY")
     "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "${train[@]}" >>"$dir/train.log" 2>&1 &
     MM_CHILD=$!
     local watchdog=
