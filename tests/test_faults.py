@@ -81,7 +81,9 @@ def test_worker_sigkill_ends_job_and_resume_is_bit_identical(rcv, reference, tmp
     rc, err = finish(proc, timeout=30)
     assert time.monotonic() - killed < 10, "the job must end within 10 s of a worker's death"
     assert rc != 0
-    assert read_run(out)["attrs"]["status"] == "running"  # never mistaken for a finished run
+    # never mistaken for a finished run: "failed" when rank 0 saw the MPI error before the
+    # launcher tore the job down, "running" when it was killed first
+    assert read_run(out)["attrs"]["status"] in ("running", "failed")
     newest = CK.list_checkpoints(tmp_path / "run.ckpt")[0]
     assert CK._round_of(newest) < reference["attrs"]["rounds"]
     CK.load(newest)
