@@ -400,7 +400,7 @@ class Checkpointing:
             try:
                 self.last_path = self.writer.write(self._attrs(r, started, reason),
                                                    self._server_state(), parts[1:],
-                                                   self._metrics())
+                                                   self.metrics_so_far())
                 self.last_round = r
             except OSError as exc:
                 err = (f"cannot write a checkpoint to {self.writer.directory} at round {r} "
@@ -432,7 +432,7 @@ class Checkpointing:
             state.update(downlink_memory=run.agg.memory)
         return state
 
-    def _metrics(self):
+    def metrics_so_far(self):
         return {k: [row.get(k, np.nan) for row in self.history] for k in METRICS}
 
     # resume --------------------------------------------------------------------

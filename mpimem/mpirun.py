@@ -304,7 +304,7 @@ def train(cfg, explicit=()) -> int:
     attrs = run.attrs()
     if run.ck.enabled:
         attrs["checkpoint_dir"] = CK.checkpoint_dir(run.cfg.out)
-    resume_rows = run.ck._metrics() if cfg.resume and run.rank == 0 else None
+    resume_rows = run.ck.metrics_so_far() if cfg.resume and run.rank == 0 else None
     writer = agree(comm, lambda: RunWriter(run.cfg.out, attrs, resume=resume_rows)
                    if run.rank == 0 else None)
     if run.rank == 0 and not run.cfg.quiet:
