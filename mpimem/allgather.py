@@ -30,10 +30,7 @@ def allgather_loop(run, writer):
     evals = set(run.evals)
     for r in range(run.rounds + 1):
         if r in evals:
-            row = run.evaluate(r, started)
-            if row is not None:
-                writer.append(row)
-                run.progress(row)
+            run.record(run.evaluate(r, started), writer)
         if r == run.rounds:
             break
         nbytes = rule.worker_step(ws, run.shard, run.replica, r)

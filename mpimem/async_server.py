@@ -213,8 +213,7 @@ def async_loop(run, writer):
         row = run.evaluate(applied // W, started, samples=applied * b, sync_replicas=True)
         if row is not None:
             row["round"] = applied / W
-            writer.append(row)
-            run.progress(row)
+        run.record(row, writer)
 
     if run.rank == 0:
         server = AsyncServer(run, rule)

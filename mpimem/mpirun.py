@@ -181,6 +181,17 @@ class Run:
                    train_time=wall - evaluating, bytes_up=total[4], bytes_down=total[5])
         return row
 
+    def record(self, row, writer):
+        """Rank 0: append an evaluation row to RUN.h5 (and the checkpoint history) and print
+        it; the time this takes counts as evaluation, not training. No-op on other ranks."""
+        if row is None:
+            return
+        t0 = time.perf_counter()
+        writer.append(row)
+        self.ck.record(row)
+        self.progress(row)
+        (self.ws.timing if self.worker_id else self.timing)[4] += time.perf_counter() - t0
+
     def progress(self, row):
         if self.cfg.quiet:
             return
@@ -201,13 +212,7 @@ class Run:
         step = self.server_round if self.rank == 0 else self.worker_round
         for r in range(start, self.rounds + 1):
             if r in evals and not (r == start and start > 0):  # a resumed run has this row
-                row = self.evaluate(r, started)
-                if row is not None:  # rank 0: recording the row is evaluation time too
-                    t0 = time.perf_counter()
-                    writer.append(row)
-                    ck.record(row)
-                    self.progress(row)
-                    self.timing[4] += time.perf_counter() - t0
+                self.record(self.evaluate(r, started), writer)
             if r == self.rounds:
                 break
             if r > start and ck.boundary(r, started, r in evals) == "preempted":

@@ -92,7 +92,7 @@ def test_table_matches_hdf5(results, tmp_path):
             assert v == pytest.approx(_crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt))
         elif q == "time_to_target_s":
             tgt = float(by[(r["study"], r["method"], r["workers"])]["target_loss"]["value"])
-            assert v == pytest.approx(_crossing(m["wall_time"], m["loss_xbar"], tgt))
+            assert v == pytest.approx(_crossing(m["train_time"], m["loss_xbar"], tgt))
         else:
             continue
         checked += 1
