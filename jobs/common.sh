@@ -254,7 +254,7 @@ json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$di
     # checkpoints exist for the synchronous server only (async/allgather runs restart on requeue)
     [[ -n ${CHECKPOINT_EVERY:-} && " ${RUN_ARGS[*]} " != *" async "* && " ${RUN_ARGS[*]} " != *" allgather "* ]] &&
         train+=(--checkpoint-every "$CHECKPOINT_EVERY")
-    "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "${train[@]}" >>"$dir/train.log" 2>&1 &
+    MPIMEM_EXPECT_RANKS=$ranks "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "${train[@]}" >>"$dir/train.log" 2>&1 &
     MM_CHILD=$!
     local watchdog=
     if [[ -n ${RUN_TIMEOUT:-} ]]; then   # a hung run (deadlock) must not hold the allocation

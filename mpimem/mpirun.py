@@ -259,6 +259,15 @@ class Run:
         }
 
 
+def check_world_size(comm) -> None:
+    """With MPIMEM_EXPECT_RANKS=N set (job scripts, the tests), refuse a world of another size:
+    a wrong `srun --mpi` starts N separate size-1 programs that would otherwise each train."""
+    expect = os.environ.get("MPIMEM_EXPECT_RANKS")
+    if expect and int(expect) != comm.Get_size():
+        raise MpimemError(f"MPI world has {comm.Get_size()} rank(s) but MPIMEM_EXPECT_RANKS={expect}: "
+                          "the launcher did not start one MPI program (check srun --mpi=pmi2/pmix)")
+
+
 def select_loop(cfg):
     """The round loop for the configured mode and topology (sync parameter server by default)."""
     if cfg.topology == "allgather":
@@ -277,6 +286,7 @@ def train(cfg, explicit=()) -> int:
     from . import checkpoint as CK
 
     comm = MPI.COMM_WORLD
+    agree(comm, lambda: check_world_size(comm))
     CK.write_pidfile(comm.Get_rank())
     ckpt = None
     if cfg.resume:  # rank 0 finds and verifies the checkpoint; every rank takes its settings

@@ -32,7 +32,9 @@ def run(cmd, timeout=120, check=False, **kw):
 
 
 def run_mpi(nranks, args, timeout=180, check=False, **kw):
-    """`mpiexec -n NRANKS python -m mpimem ARGS` under a timeout (MPICH oversubscribes freely)."""
+    """`mpiexec -n NRANKS python -m mpimem ARGS` under a timeout (MPICH oversubscribes freely);
+    mpimem checks that the world it finds has exactly NRANKS ranks (MPIMEM_EXPECT_RANKS)."""
+    kw["env"] = {"MPIMEM_EXPECT_RANKS": str(nranks), **kw.get("env", {})}
     return run([MPIEXEC, "-n", str(nranks), *mpimem_cmd(*args)], timeout=timeout, check=check, **kw)
 
 

@@ -29,7 +29,8 @@ def start(rcv, out, *extra, env=None, quiet=True):
     opts = OPTS if quiet else [o for o in OPTS if o != "--quiet"]
     cmd = [MPIEXEC, "-n", "3", *mpimem_cmd("train", rcv, "--out", out, *opts, *extra)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", MPIMEM_EXPECT_RANKS="3",
+                                     **(env or {})))
     watchdog = threading.Timer(240, proc.kill)  # a hang fails the test instead of CI
     watchdog.daemon = True
     watchdog.start()

@@ -102,3 +102,14 @@ def test_toml_config_with_command_line_override(small, tmp_path):
     toml.write_text('[train]\ncompresor = "rand_k"\n')
     (tmp_path / "typo").mkdir()
     refused(2, [small, "--config", toml], tmp_path / "typo", "unknown setting(s) compresor")
+
+
+def test_world_of_the_wrong_size_is_refused(small, tmp_path):
+    """MPIMEM_EXPECT_RANKS (set by the job scripts' users and by every test launch) catches a
+    launcher that did not build one world of the expected size."""
+    out = tmp_path / "run.h5"
+    proc = run_mpi(2, ["train", small, "--out", out], timeout=60, env={"MPIMEM_EXPECT_RANKS": "3"})
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines() == [
+        "mpimem: error: MPI world has 2 rank(s) but MPIMEM_EXPECT_RANKS=3: the launcher did not "
+        "start one MPI program (check srun --mpi=pmi2/pmix)"]
