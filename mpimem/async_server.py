@@ -73,9 +73,6 @@ class AsyncRule(RoundRule):
     def eta(self, r):  # r is the worker's message counter (rand-k indices); eta uses the clock
         return self.schedule.eta(self.clock)
 
-    def factor(self, r):
-        return 1.0 - self.b * self.eta(r) * self.lam if self.l2_on_server else 1.0
-
 
 def slow_worker_delay(rank):
     spec = os.environ.get("MPIMEM_SLOW_WORKER", "")
