@@ -296,10 +296,7 @@ def resume_config(ckpt_attrs: dict, cfg, explicit, workers: int):
     if "out" not in explicit:
         settings["out"] = ckpt_attrs["run_file"]
     settings["resume"] = cfg.resume
-    new = TrainConfig(**settings)
-    new._explicit = set(explicit)
-    new._saved = saved
-    return new
+    return TrainConfig(**settings)
 
 
 def check_compatible(run, ckpt_attrs: dict) -> None:

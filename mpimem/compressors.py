@@ -26,9 +26,15 @@ from .rng import RAND_K, stream_state
 COMPRESSORS = ("none", "top_k", "rand_k", "qsgd", "ternary", "sign")
 
 
+def sparse_is_smaller(nnz: int, d: int) -> bool:
+    """The encoding rule of every variable-size vector on the wire: int32 idx + float32 vals
+    (8 nnz bytes) when that is smaller than the dense float32 vector (4 d bytes)."""
+    return 8 * nnz < 4 * d
+
+
 def sparse_or_dense_nbytes(nnz: int, d: int) -> int:
-    """Bytes of the smaller encoding of a vector with nnz nonzeros: 8 nnz sparse, else 4 d dense."""
-    return 8 * nnz if 8 * nnz < 4 * d else 4 * d
+    """Bytes of a vector with nnz nonzeros under `sparse_is_smaller`."""
+    return 8 * nnz if sparse_is_smaller(nnz, d) else 4 * d
 
 
 def sparse_views(buf: np.ndarray, n: int):
@@ -80,7 +86,7 @@ class Aggregator:
         if self.down is not None:
             return self._finish_compressed()
         n, d = self.nunion, self.d
-        if not self.dense and 8 * n < 4 * d:
+        if not self.dense and sparse_is_smaller(n, d):
             idx, vals = sparse_views(self.out, n)
             K.sparse_finish(self.acc, self.mark, self.union, n, float(self.workers), idx, vals)
             payload = self.out[: 8 * n]
@@ -124,16 +130,12 @@ class Compressor:
     """Base: the operator's name, parameters and scratch shared by all calls (not state)."""
 
     name = "?"
-    contraction = True  # a k-contraction (SPEC); unbiased quantisers without memory are not
 
     def __init__(self, d: int):
         self.d = d
 
     def max_message_bytes(self) -> int:
         raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"name": self.name}
 
     def decode(self, msg: np.ndarray, worker: int = 1, r: int = 0) -> np.ndarray:
         """The dense float64 u that message `msg` of `worker` in round r stands for."""
@@ -151,7 +153,7 @@ class Identity(Compressor):
         return 4 * self.d
 
     def compress(self, ws, r):
-        if ws.ncand < 0 or 8 * ws.ncand >= 4 * self.d:
+        if ws.ncand < 0 or not sparse_is_smaller(ws.ncand, self.d):
             vals = ws.msg[: 4 * self.d].view(np.float32)
             vals[:] = ws.m
             ws.m -= vals
@@ -185,9 +187,6 @@ class TopK(Compressor):
         self.wkey = np.zeros(self.pool_k)
         self.widx = np.zeros(self.pool_k, np.int64)
         self.wsel = np.zeros(self.pool_k, np.int64)
-
-    def describe(self):
-        return {"name": self.name, "k": self.k}
 
     def max_message_bytes(self):
         return 8 * self.k
@@ -224,9 +223,6 @@ class RandK(Compressor):
         self.floyd_mark = np.zeros(d, np.uint8)
         self.bases = {}
 
-    def describe(self):
-        return {"name": self.name, "k": self.k}
-
     def max_message_bytes(self):
         return 4 * self.k
 
@@ -256,11 +252,6 @@ class Quantiser(Compressor):
         self.bits = 1 + max(1, math.ceil(math.log2(levels + 1)))
         self.beta = min(d / levels**2, math.sqrt(d) / levels)
         self.divisor = 1.0 + self.beta if memory else 1.0
-        self.contraction = memory
-
-    def describe(self):
-        return {"name": self.name, "levels": self.levels, "bits": self.bits,
-                "beta": self.beta, "divisor": self.divisor}
 
     def max_message_bytes(self):
         return 4 + (self.d * self.bits + 7) // 8
@@ -287,9 +278,6 @@ class ScaledSign(Quantiser):
     def __init__(self, d):
         Compressor.__init__(self, d)
         self.name, self.levels, self.bits, self.divisor = "sign", 1, 1, 1.0
-
-    def describe(self):
-        return {"name": self.name, "bits": 1}
 
     def compress(self, ws, r):
         n = self.max_message_bytes()
