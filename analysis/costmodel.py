@@ -50,6 +50,8 @@ def pingpong(sizes=SIZES, reps=200):
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    if comm.Get_size() != 2:
+        raise SystemExit(f"costmodel pingpong: needs exactly 2 ranks, got {comm.Get_size()}")
     out = {}
     for size in sizes:
         buf = np.zeros(max(1, size), np.uint8)

@@ -90,7 +90,8 @@ class AsyncServer:
         self.run, self.rule = run, rule
         W, d = run.workers, run.d
         self.W, self.d = W, d
-        self.agg = Aggregator(d, 1 if rule.full else W, rule.make_aggregator().union.size)
+        # one message per aggregate: its entries bound the union
+        self.agg = Aggregator(d, 1 if rule.full else W, run.comp.max_message_bytes() // 4)
         self.inbox = np.zeros(max(8, run.comp.max_message_bytes()), np.uint8)
         self.reply = np.zeros(HEADER + 8 * d, np.uint8)
         self.applied = 0

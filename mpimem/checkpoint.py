@@ -33,6 +33,7 @@ import numpy as np
 from . import __version__
 from .errors import MpimemError
 from .metrics import METRICS
+from .runfile import check_output_dir
 
 FORMAT = "mpimem-checkpoint"
 FORMAT_VERSION = 1
@@ -155,9 +156,7 @@ class CheckpointWriter:
         self.directory, self.keep = directory, keep
         self.count = 0
         self.fault, self.fault_at = fault_hook()
-        parent = os.path.dirname(os.path.abspath(directory))
-        if not os.path.isdir(parent):  # never create the user's directories, only RUN.ckpt/
-            raise MpimemError(f"output directory {parent} does not exist")
+        check_output_dir(directory)  # only RUN.ckpt/ itself is created
         try:
             os.makedirs(directory, exist_ok=True)
             for stale in glob.glob(os.path.join(directory, ".tmp-*")):  # from a crashed writer

@@ -23,6 +23,16 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_output_dir(path: str) -> None:
+    """The directory that will hold `path` (a run file, or RUN.ckpt/) exists and is writable;
+    mpimem never creates the user's directories."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise MpimemError(f"{path}: output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise MpimemError(f"{path}: output directory {directory} is not writable")
+
+
 class RunWriter:
     """Appends evaluation points to RUN.h5 and finalises it; only rank 0 holds one."""
 
@@ -31,11 +41,7 @@ class RunWriter:
         is then continued (rows after the checkpoint dropped, status back to running), or
         created anew from those rows when the old one is missing or damaged."""
         self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise MpimemError(f"{path}: output directory {directory} does not exist")
-        if not os.access(directory, os.W_OK):
-            raise MpimemError(f"{path}: output directory {directory} is not writable")
+        check_output_dir(path)
         self.h5 = None
         if resume is not None:
             self.h5 = self._reopen(path)
