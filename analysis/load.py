@@ -7,6 +7,9 @@ Run with `problem` set; a readable run whose status is not "complete" keeps its 
 
 Study, label, data set and worker count come from the `meta.json` the job script writes next
 to the run file; without one they are derived from the run's own attributes (the config).
+
+A complete run whose f(xbar) diverged or never went below its starting value gets a `flag`
+(`convergence_flag`): it is not `usable`, so no number (target, ratio, speed-up) rests on it.
 """
 import json
 import math
@@ -30,6 +33,7 @@ class Run:
     seed: int = 0
     status: str = "unreadable"
     problem: str = ""                       # why the file is unusable ("" when readable)
+    flag: str = ""                          # "diverged: ..." or "flat: ..." (complete runs)
     attrs: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -42,6 +46,20 @@ class Run:
     @property
     def readable(self) -> bool:
         return not self.problem
+
+    @property
+    def usable(self) -> bool:
+        """Complete, and f(xbar) went below its starting value without diverging."""
+        return self.complete and not self.flag
+
+    @property
+    def flag_kind(self) -> str:
+        """"diverged", "flat" or "" (the word before the reason)."""
+        return self.flag.split(":")[0]
+
+    @property
+    def why_excluded(self) -> str:
+        return self.problem or self.flag or f"status {self.status}"
 
 
 def _text(v):
@@ -61,6 +79,22 @@ def method_label(cfg: dict) -> str:
     else:
         base = comp
     return base if mem else base + "-nomem"
+
+
+def convergence_flag(loss) -> str:
+    """Why a loss_xbar curve (evaluation points, the first at the start) must not enter any
+    number: "diverged" when a value is not finite or the last is above the first, "flat" when
+    no later value is below the first; "" for a curve that made progress."""
+    loss = np.asarray(loss, float)
+    if loss.size < 2:
+        return "flat: fewer than two evaluation points"
+    if not np.all(np.isfinite(loss)):
+        return "diverged: f(xbar) is not finite"
+    if loss[-1] > loss[0]:
+        return f"diverged: final f(xbar) {loss[-1]:.6g} above the starting {loss[0]:.6g}"
+    if np.min(loss[1:]) >= loss[0]:
+        return f"flat: f(xbar) never below its starting value {loss[0]:.6g}"
+    return ""
 
 
 def read_one(path, root=None) -> Run:
@@ -94,6 +128,8 @@ def read_one(path, root=None) -> Run:
     run.dataset = ds
     run.workers = int(m.get("workers") or a.get("workers") or 0)
     run.seed = int(m.get("seed", c.get("seed", 0)) or 0)
+    if run.complete:
+        run.flag = convergence_flag(run.metrics.get("loss_xbar", []))
     return run
 
 

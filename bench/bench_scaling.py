@@ -20,8 +20,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 DESIGNS = {"sync": [], "async": ["--mode", "async"], "allgather": ["--topology", "allgather"]}
@@ -51,7 +49,7 @@ def one_run(data, design, operator, W, args, workdir):
 
     out = os.path.join(workdir, f"{design}-{operator}-W{W}.h5")
     ranks = W if design == "allgather" else W + 1
-    opts = ["train", data, "--out", out, "--quiet", "--epochs", args.epochs, "--k", args.k,
+    opts = ["train", data, "--out", out, "--overwrite", "--quiet", "--epochs", args.epochs, "--k", args.k,
             "--schedule", "bottou", "--gamma", "1", "--eval-every", args.epochs / 20,
             *DESIGNS[design], *OPERATORS[operator]]
     t0 = time.perf_counter()

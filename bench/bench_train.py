@@ -1,18 +1,24 @@
-"""Speed of Mem-SGD training (issue 3), written to bench/results/train.md.
+"""Speed of Mem-SGD training, written to bench/results/train.md.
 
-Three measurements, each side by side with its baseline in the same command:
-1. worker work per sample (gradient + memory + compression), timed inside the worker, and the
-   server's work per sample (aggregate + apply + lazy xbar), in-process so no MPI noise;
-2. end to end under `mpiexec -n 2` (1 worker), one epoch, b = 1 and larger local mini-batches:
-   microseconds per sample and f(xbar) - f*, against the paper's code's per-sample times
-   (../shared/notes/reference-timings.md: 53.4 us epsilon-like top-1, ~475 us RCV1-like top-50);
-3. scikit-learn's SGDClassifier (log loss, L2 alpha = lambda, no intercept) on the same data:
-   time to reach the f(xbar) - f* our run reaches.
-4. W = 1..4 workers for each compressor: samples/s, us/sample, bytes up per sample, time split.
+Every ratio is against a baseline run in the same command, on the same data, at equal settings:
+the reference loop (mpimem.reference: Algorithm 1 in plain numpy, dense float64, O(d) per
+sample, what the paper's published code does per sample) with the same b, the same k (so the
+same coordinates per sample), the same schedule, timed in-process after as many warm-up rounds
+and within one epoch (no reshuffle in the timed window).
+1. worker and server work per sample, in-process (no MPI), against the reference;
+2. end to end under `mpiexec -n 2` (1 worker), one epoch: us/sample against the reference at
+   the same (b, k); scikit-learn's SGDClassifier (log loss, L2 alpha = lambda, no intercept)
+   on the same data: time to reach the f(xbar) - f* our run reaches;
+3. W = 1..4 workers for each compressor: samples/s, bytes up per sample, time split.
+mpimem runs with `--l2 worker` (the paper-exact update, the same algorithm as the reference)
+and, where named, `--l2 server` (the fast path: L2 as a scale on the server, another placement
+of the same term). A run whose f(xbar) - f* exceeds f(0) - f*, or is not finite, is marked
+diverged in every table.
 
     python -m bench.bench_train [--eps-n N] [--rcv-n N] [--quick]
 """
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -26,11 +32,13 @@ from mpimem.data.dataset import read_meta, read_shard
 from mpimem.engine import RoundRule, ShardData, WorkerState, make_averager
 from mpimem.model import Replica
 from mpimem.objective import objective
+from mpimem.reference import Reference, Settings
 from mpimem.runfile import read_run
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-PAPER_US = {"epsilon": 53.4, "rcv1": 475.0}
 BIN = os.path.dirname(sys.executable)
+MAIN_OP = {"epsilon": dict(compressor="top_k", k=1), "rcv1": dict(compressor="top_k", k=50)}
+REF_SAMPLES = {"epsilon": 4000, "rcv1": 1000}  # timed reference samples (and as many warm-up)
 
 
 def ensure_data(path, like, n):
@@ -40,10 +48,25 @@ def ensure_data(path, like, n):
     return path
 
 
+def resolved(data, meta, opts, workers=1):
+    return resolve(merge(dict(data=data, **opts)), meta.n, meta.d, workers)
+
+
+def reference_us(data, shard, like, opts):
+    """Reference loop us/sample at the settings `opts` (1 worker), after as many warm-up rounds."""
+    meta = read_meta(data)
+    cfg = resolved(data, meta, opts)
+    rounds = max(1, min(REF_SAMPLES[like], meta.n // 2) // cfg.batch_size)  # inside epoch 1
+    ref = Reference(Settings.from_config(cfg), [(shard.X, shard.y)], meta.d).run(rounds)
+    t0 = time.perf_counter()
+    ref.run(rounds)
+    return (time.perf_counter() - t0) / (rounds * cfg.batch_size) * 1e6
+
+
 def worker_micro(data, shard, opts, rounds):
     """(worker us/sample, server us/sample) over `rounds` rounds after a warm-up."""
     meta = read_meta(data)
-    cfg = resolve(merge(dict(data=data, **opts)), meta.n, meta.d, 1)
+    cfg = resolved(data, meta, opts)
     comp = make_compressor(cfg.compressor, meta.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
     rule = RoundRule(cfg, meta.d, 1, comp)
     ws = WorkerState(1, shard, meta.d, cfg.batch_size, cfg.seed, comp, rule.uses_pool(shard))
@@ -63,16 +86,24 @@ def worker_micro(data, shard, opts, rounds):
 
 
 def mpi_run(data, workers, opts, out):
+    """`mpiexec -n W+1 mpimem train` (replacing an earlier bench run's file); its run file."""
     args = [os.path.join(BIN, "mpiexec"), "-n", str(workers + 1), sys.executable, "-m", "mpimem",
-            "train", data, "--out", out, "--quiet"]
+            "train", data, "--out", out, "--quiet", "--overwrite"]
     for key, value in opts.items():
         flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):
             args.append(flag if value else f"--no-{key.replace('_', '-')}")
         else:
             args += [flag, str(value)]
-    subprocess.run(args, check=True, timeout=1800)
+    env = dict(os.environ, MPIMEM_EXPECT_RANKS=str(workers + 1))
+    subprocess.run(args, check=True, timeout=1800, env=env)
     return read_run(out)
+
+
+def diverged(run) -> str:
+    """'DIVERGED' when the final f(xbar) - f* exceeds f(0) - f* (round 0: x = 0) or is not finite."""
+    gaps = run["metrics"]["subopt_xbar"]
+    return "DIVERGED" if not (math.isfinite(gaps[-1]) and gaps[-1] <= gaps[0]) else "no"
 
 
 def sklearn_time_to(data, target_gap, lam, fstar, max_epochs=10):
@@ -101,6 +132,88 @@ def time_to_gap(run, gap):
     return float(m["train_time"][hit[0]]) if hit.size else float("nan")
 
 
+def section_micro(sets, shards, ref, headline):
+    lines = ["## 1. Per-sample work, in-process (no MPI), against the reference at the same settings", "",
+             "| data | method | b | l2 | worker us/sample | server us/sample | reference us/sample | x faster |",
+             "|---|---|---|---|---|---|---|---|"]
+    for like, data in sets.items():
+        for b in (1, 16):
+            for label, op in (("top-k mem", MAIN_OP[like]), ("plain SGD", dict(compressor="none"))):
+                r = ref(like, dict(op, batch_size=b))
+                for l2 in ("worker", "server"):
+                    w, s = worker_micro(data, shards[like], dict(op, batch_size=b, l2=l2), 8000 // b)
+                    lines.append(f"| {like} | {label} k={op.get('k', '-')} | {b} | {l2} | {w:.2f} | "
+                                 f"{s:.2f} | {r:.1f} | {r / (w + s):.1f} |")
+                    print(lines[-1], flush=True)
+                    if b == 1 and op is MAIN_OP[like]:
+                        headline[("in-process (worker + server work, no MPI)", like, l2)] = (w + s, r)
+    return lines
+
+
+def section_end_to_end(sets, work, ref, headline):
+    lines = ["", "## 2. End to end, 1 worker, one epoch (`mpiexec -n 2`), against the reference and scikit-learn", "",
+             "'x faster' = reference us/sample / ours, both at the same b and k (b > 1 rows with k = b k_1",
+             "keep the coordinates per sample of b = 1; the shift d/k rounds stays d/k_1 samples). Only the",
+             "`l2 worker` rows run the reference's algorithm; `l2 server` is mpimem's fast path.",
+             "us/sample is training wall time (evaluation excluded) over samples; 'sklearn s to same gap' is",
+             "SGDClassifier's partial_fit time (epoch by epoch) until its f - f* <= our final f(xbar) - f*;",
+             "'ours s' is our wall time at the first evaluation point (every 0.25 epoch) reaching that gap.", "",
+             "| data | method | b | l2 | us/sample | reference us/sample | x faster | f(xbar)-f* | diverged | sklearn s to same gap | ours s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for like, data in sets.items():
+        meta = read_meta(data)
+        k1 = MAIN_OP[like]["k"]
+        grid = [(1, k1)] + [(b, k1 * b) for b in (16, 64)] + ([(b, k1) for b in (16, 64)] if like == "rcv1" else [])
+        for b, k in grid:
+            op = dict(MAIN_OP[like], k=k, batch_size=b)
+            r = ref(like, op)
+            for l2 in ("worker", "server"):
+                run = mpi_run(data, 1, dict(op, l2=l2, epochs=1, eval_every=0.25),
+                              f"{work}/e2e-{like}-{b}-{k}-{l2}.h5")
+                m = run["metrics"]
+                us = m["train_time"][-1] / m["samples"][-1] * 1e6
+                gap = m["subopt_xbar"][-1]
+                sk_s, sk_ep, _ = sklearn_time_to(data, gap, 1.0 / meta.n, meta.fstar)
+                lines.append(f"| {like} | top-k k={k} mem | {b} | {l2} | {us:.2f} | {r:.1f} | {r / us:.1f} | "
+                             f"{gap:.3e} | {diverged(run)} | {sk_s:.2f} ({sk_ep} ep) | {time_to_gap(run, gap):.2f} |")
+                print(lines[-1], flush=True)
+                if b == 1:
+                    headline[("end to end (mpiexec -n 2, training wall time)", like, l2)] = (us, r)
+    return lines
+
+
+def section_workers(data, worker_counts, work):
+    lines = ["", "## 3. Workers and compressors (epsilon-like, b = 16, `--l2 worker`, 1 epoch, "
+             "each compressor's default schedule; oversubscribed beyond 1 worker on 2 cores)", "",
+             "| method | W | samples/s | us/sample | bytes up/sample | f(xbar)-f* | diverged | worker s: grad / comp / comm / wait |",
+             "|---|---|---|---|---|---|---|---|"]
+    methods = [("top_k k=1", dict(compressor="top_k", k=1)), ("rand_k k=1", dict(compressor="rand_k", k=1)),
+               ("qsgd 4 bit", dict(compressor="qsgd", bits=4, memory=False)),
+               ("ternary", dict(compressor="ternary")), ("sign", dict(compressor="sign")),
+               ("none", dict(compressor="none"))]
+    for label, opts in methods:
+        for workers in worker_counts:
+            run = mpi_run(data, workers, dict(opts, batch_size=16, epochs=1, l2="worker"),
+                          f"{work}/w-{label.split()[0]}-{workers}.h5")
+            m, t = run["metrics"], run["timing"]["seconds"]
+            wall, n = m["train_time"][-1], m["samples"][-1]
+            split = " / ".join(f"{v:.2f}" for v in t[1:, :4].mean(axis=0))
+            lines.append(f"| {label} | {workers} | {n / wall:,.0f} | {wall / n * 1e6:.2f} | "
+                         f"{m['bytes_up'][-1] / n:.2f} | {m['subopt_xbar'][-1]:.3e} | {diverged(run)} | {split} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def summary(headline):
+    """The equal-settings headline: b = 1, the same k, 1 worker, against the reference loop."""
+    out = ["## Headline (equal settings: b = 1, the same k, 1 worker, against the reference loop)", ""]
+    for (how, like, l2), (us, r) in headline.items():
+        what = "the reference's algorithm" if l2 == "worker" else "fast path, L2 on the server"
+        out.append(f"- {how}, {like}-like top-{MAIN_OP[like]['k']}, `--l2 {l2}` ({what}): "
+                   f"{r / us:.1f}x faster ({us:.1f} against {r:.1f} us/sample)")
+    return out + [""]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--eps-n", type=int, default=100_000)
@@ -114,70 +227,27 @@ def main(argv=None):
     os.makedirs(RESULTS, exist_ok=True)
     sets = {"epsilon": ensure_data(f"{args.work}/eps-{args.eps_n}.h5", "epsilon", args.eps_n),
             "rcv1": ensure_data(f"{args.work}/rcv-{args.rcv_n}.h5", "rcv1", args.rcv_n)}
-    main_op = {"epsilon": dict(compressor="top_k", k=1), "rcv1": dict(compressor="top_k", k=50)}
-    lines = ["# Training speed (issue 3)", "",
+    shards = {like: ShardData(*(lambda s: (s.X, s.y))(read_shard(data, 0, 1))) for like, data in sets.items()}
+
+    def ref(like, opts):  # measured next to the rows it is the baseline of (the load drifts)
+        return reference_us(sets[like], shards[like], like, dict(opts, l2="worker"))
+
+    load0 = os.getloadavg()[0]
+    headline = {}
+    body = section_micro(sets, shards, ref, headline)
+    body += section_end_to_end(sets, args.work, ref, headline)
+    body += section_workers(sets["epsilon"], (1, 2) if args.quick else (1, 2, 3, 4), args.work)
+    lines = ["# Training speed", "",
              f"Command: `{os.path.basename(sys.executable)} -m bench.bench_train "
              f"{' '.join(argv if argv is not None else sys.argv[1:])}` on {os.cpu_count()} cores, "
              f"{time.strftime('%Y-%m-%d %H:%M')}; epsilon-like n={args.eps_n} d=2000, "
-             f"RCV1-like n={args.rcv_n} d=47236.", ""]
-
-    lines += ["## 1. Per-sample work, in-process (no MPI)", "",
-              "| data | method | b | worker us/sample | server us/sample |", "|---|---|---|---|---|"]
-    for like, data in sets.items():
-        shard = ShardData(*(lambda s: (s.X, s.y))(read_shard(data, 0, 1)))
-        for b in (1, 4, 16):
-            for label, opts in (("top-k mem", main_op[like]), ("plain SGD", dict(compressor="none"))):
-                w, s = worker_micro(data, shard, dict(opts, batch_size=b), 20000 // b)
-                lines.append(f"| {like} | {label} k={opts.get('k', '-')} | {b} | {w:.2f} | {s:.2f} |")
-                print(lines[-1], flush=True)
-
-    lines += ["", "## 2-3. End to end, 1 worker, one epoch (`mpiexec -n 2`), against the paper's code and scikit-learn", "",
-              "b > 1 keeps the coordinates per sample of b = 1 (k = b k_1; the shift d/k rounds stays d/k_1 samples).",
-              "us/sample is training wall time (evaluation excluded) over samples; 'sklearn s to same gap' is",
-              "SGDClassifier's partial_fit time (epoch by epoch) until its f - f* <= our final f(xbar) - f*;",
-              "'ours s' is our wall time at the first evaluation point (every 0.25 epoch) reaching that gap.", "",
-              "| data | method | b | us/sample | x faster than paper code | f(xbar)-f* (within 1.5x of b=1?) | sklearn s to same gap | ours s |",
-              "|---|---|---|---|---|---|---|---|"]
-    for like, data in sets.items():
-        meta = read_meta(data)
-        k1 = main_op[like]["k"]
-        base_gap = None
-        grid = [(1, k1)] + [(b, k1 * b) for b in (8, 16, 32, 64)] + \
-            ([(b, k1) for b in (16, 64, 128)] if like == "rcv1" else [])
-        for b, k in grid:  # k = b k_1 keeps the coordinates per sample of b = 1
-            run = mpi_run(data, 1, dict(main_op[like], k=k, batch_size=b, epochs=1, eval_every=0.25),
-                          f"{args.work}/e2e-{like}-{b}.h5")
-            m = run["metrics"]
-            us = m["train_time"][-1] / m["samples"][-1] * 1e6
-            gap = m["subopt_xbar"][-1]
-            base_gap = gap if base_gap is None else base_gap
-            sk_s, sk_ep, _ = sklearn_time_to(data, gap, 1.0 / meta.n, meta.fstar)
-            ours = time_to_gap(run, gap)
-            same = "yes" if gap <= 1.5 * base_gap else "no"
-            lines.append(f"| {like} | top-k k={k} mem | {b} | {us:.2f} | "
-                         f"{PAPER_US[like] / us:.1f} | {gap:.3e} ({same}) | {sk_s:.2f} ({sk_ep} ep) | {ours:.2f} |")
-            print(lines[-1], flush=True)
-
-    lines += ["", "## 4. Workers and compressors (epsilon-like, b = 16, 1 epoch, oversubscribed beyond 1 worker on 2 cores)", "",
-              "| method | W | samples/s | us/sample | bytes up/sample | f(xbar)-f* | worker s: grad / comp / comm / wait |",
-              "|---|---|---|---|---|---|---|"]
-    methods = [("top_k k=1", dict(compressor="top_k", k=1)), ("rand_k k=1", dict(compressor="rand_k", k=1)),
-               ("qsgd 4 bit", dict(compressor="qsgd", bits=4, memory=False)),
-               ("ternary", dict(compressor="ternary")), ("sign", dict(compressor="sign")),
-               ("none", dict(compressor="none"))]
-    for label, opts in methods:
-        for workers in ((1, 2) if args.quick else (1, 2, 3, 4)):
-            run = mpi_run(sets["epsilon"], workers, dict(opts, batch_size=16, epochs=1),
-                          f"{args.work}/w-{label.split()[0]}-{workers}.h5")
-            m, t = run["metrics"], run["timing"]["seconds"]
-            wall = m["train_time"][-1]
-            n = m["samples"][-1]
-            split = " / ".join(f"{v:.2f}" for v in t[1:, :4].mean(axis=0))
-            lines.append(f"| {label} | {workers} | {n / wall:,.0f} | {wall / n * 1e6:.2f} | "
-                         f"{m['bytes_up'][-1] / n:.2f} | {m['subopt_xbar'][-1]:.3e} | {split} |")
-            print(lines[-1], flush=True)
+             f"RCV1-like n={args.rcv_n} d=47236. Load average {load0:.1f} at the start, "
+             f"{os.getloadavg()[0]:.1f} at the end: absolute times are noisy on a shared machine, "
+             "prefer the ratios (each against a baseline measured in the same command).", ""]
+    lines += summary(headline) + body
     with open(os.path.join(RESULTS, "train.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
+    print("\n".join(summary(headline)))
     print(f"wrote {RESULTS}/train.md")
 
 

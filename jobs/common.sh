@@ -5,8 +5,10 @@
 #     bash jobs/common.sh count STUDY     number of runs the study expands to (env applied)
 #     bash jobs/common.sh list STUDY      one line per run: index, dataset, label, workers, seed
 #
-# A study (jobs/studies/STUDY.toml, or $STUDY_TOML) is expanded into runs
+# A study (jobs/studies/STUDY.toml, or $STUDY_TOML) is expanded into runs by mpimem/studyplan.py
 #     datasets x methods x workers x seeds        (methods may name the datasets they apply to)
+# which also checks every run's `mpimem train` options with mpimem's own parser: a study that asks
+# for anything this mpimem cannot run (an unknown option, mode or label) fails at once, exit 2.
 # Array task i of T runs the runs i, i+T, i+2T, ... so any --array size works: one task per run
 # (--array=0-$((count-1))), or fewer tasks that each run several. Without an array every run.
 # Run r of job J writes $RESULTS/$STUDY/$J/r/{RUN.h5, meta.json, train.log}.
@@ -22,7 +24,7 @@
 #   JOB_ID (result folder name; default $SLURM_ARRAY_JOB_ID / $SLURM_JOB_ID / local-<time>)
 #   PYTHON (python)  MPIMEM_ROOT (the repository; default: found from the job script)
 # Exit status: 0 when every run of the task is complete; 75 when stopped by a signal (the job
-# requeues itself); 1 otherwise.
+# requeues itself); 2 when the study cannot run as written; 1 otherwise.
 
 _mm_log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${STUDY:-?}" "$*" >&2; }
 
@@ -34,106 +36,6 @@ _mm_find_root() {
     echo "${SLURM_SUBMIT_DIR:-$PWD}"
 }
 
-# The study planner: TOML + environment -> runs. Python (tomllib), run with -c.
-read -r -d '' _MM_PLAN_PY <<'PY'
-import json, os, shlex, sys, tomllib
-toml_path, cmd = sys.argv[1], sys.argv[2]
-with open(toml_path, "rb") as fh:
-    cfg = tomllib.load(fh)
-env = os.environ
-study = cfg.get("study", {})
-name = env.get("STUDY") or study.get("name")
-def envlist(key, default, conv=str):
-    v = env.get(key, "").replace(",", " ").split()
-    return [conv(x) for x in v] if v else list(default)
-datasets = envlist("DATASETS", study.get("datasets", []))
-workers = envlist("WORKERS", study.get("workers", [1]), int)
-seeds = envlist("SEEDS", study.get("seeds", [0]), int)
-labels = envlist("METHODS", [])
-methods = cfg.get("methods", [])
-if labels:
-    known = {m["label"] for m in methods}
-    bad = [l for l in labels if l not in known]
-    if bad:
-        sys.exit(f"common.sh: METHODS names unknown labels {bad}; {toml_path} has {sorted(known)}")
-    methods = [m for m in methods if m["label"] in labels]
-has_async = env.get("MM_HAS_ASYNC") == "1"
-mode = env.get("MODE") or study.get("mode", "sync")
-mode_note = ""
-if mode == "async" and not has_async:
-    if env.get("MODE"):
-        sys.exit("common.sh: MODE=async but this mpimem train has no --mode async")
-    mode, mode_note = "sync", "async requested by the study but unsupported: ran sync"
-data_dir = env.get("DATA_DIR", "data")
-runs = []
-for ds in datasets:
-    dcfg = cfg.get("datasets", {}).get(ds)
-    if dcfg is None:
-        sys.exit(f"common.sh: data set {ds!r} is not described in {toml_path}")
-    for m in methods:
-        if "datasets" in m and ds not in m["datasets"]:
-            continue
-        for w in workers:
-            for s in seeds:
-                runs.append((ds, dcfg, m, w, s))
-if cmd == "count":
-    print(len(runs)); sys.exit(0)
-if cmd == "list":
-    for i, (ds, _, m, w, s) in enumerate(runs):
-        print(i, ds, m["label"], w, s)
-    sys.exit(0)
-idx = int(sys.argv[3])
-ds, dcfg, m, w, s = runs[idx]
-U = ds.upper().replace("-", "_")
-def pick(key, default=None):
-    return env.get(f"{key}_{U}") or env.get(key) or dcfg.get(key.lower(), default)
-# -- data set: explicit file, else the staged real one, else a synthetic look-alike
-data_seed = int(env.get("DATA_SEED", "1"))
-npw = pick("N_PER_WORKER")
-explicit = env.get(f"DATA_{U}") or dcfg.get("path")
-sized = any(env.get(k) for k in ("N", "D", f"N_{U}", f"D_{U}"))
-synth = "0"
-if explicit and not npw:
-    data = explicit
-elif not npw and not sized and os.path.exists(os.path.join(data_dir, f"{ds}.h5")):
-    data = os.path.join(data_dir, f"{ds}.h5")
-else:
-    n = int(npw) * w if npw else int(pick("N"))
-    d = int(pick("D"))
-    data = os.path.join(data_dir, f"synth-{dcfg.get('like', ds)}-n{n}-d{d}-s{data_seed}.h5")
-    synth = "1"
-# -- training options: [train] < method < environment
-opts = dict(cfg.get("train", {}))
-opts.update({k: v for k, v in m.items() if k not in ("label", "datasets")})
-opts["epochs"] = float(env.get("EPOCHS") or dcfg.get("epochs", 1))
-if env.get("EVAL_EVERY") or "eval_every" in study:
-    opts["eval_every"] = float(env.get("EVAL_EVERY") or study["eval_every"])
-if env.get("BATCH_SIZE"):
-    opts["batch_size"] = int(env["BATCH_SIZE"])
-if mode != "sync":
-    opts["mode"] = mode
-opts["seed"] = s
-args = []
-for k, v in opts.items():
-    flag = "--" + k.replace("_", "-")
-    if isinstance(v, bool):
-        args.append(flag if v else "--no-" + k.replace("_", "-"))
-    else:
-        args += [flag, str(v)]
-args += shlex.split(env.get("EXTRA_ARGS", ""))
-meta = dict(study=name, label=m["label"], dataset=ds, workers=w, ranks=w + 1, seed=s,
-            mode=mode, mode_note=mode_note, data=data, synthetic=synth == "1",
-            n_per_worker=int(npw) if npw else None, index=idx, train_args=args)
-q = shlex.quote
-print(f"RUN_LABEL={q(m['label'])}; RUN_DATASET={q(ds)}; RUN_WORKERS={w}; RUN_SEED={s}")
-print(f"RUN_DATA={q(data)}; RUN_SYNTH={synth}; RUN_LIKE={q(dcfg.get('like', ds))}; RUN_DATA_SEED={data_seed}")
-if synth == "1":
-    print(f"RUN_N={n}; RUN_D={d}")
-print("RUN_ARGS=(" + " ".join(q(a) for a in args) + ")")
-print(f"RUN_META={q(json.dumps(meta))}")
-PY
-true
-
 _mm_setup() {
     MM_ROOT=$(_mm_find_root)
     PYTHON=${PYTHON:-python}
@@ -142,16 +44,15 @@ _mm_setup() {
     DATA_DIR=${DATA_DIR:-data}
     LAUNCHER=${LAUNCHER:-auto}
     SRUN_MPI=${SRUN_MPI:-pmi2}
-    export DATA_DIR
+    export DATA_DIR STUDY
     [[ -f $STUDY_TOML ]] || { _mm_log "no study file $STUDY_TOML"; return 2; }
-    local help
-    help=$("$PYTHON" -m mpimem train --help 2>&1) || { _mm_log "mpimem not runnable with $PYTHON: $help"; return 2; }
-    MM_HAS_ASYNC=0; grep -q -- '--mode {[^}]*async' <<<"$help" && MM_HAS_ASYNC=1
-    MM_HAS_RESUME=0; grep -q -- '--resume' <<<"$help" && MM_HAS_RESUME=1
-    export MM_HAS_ASYNC STUDY
+    "$PYTHON" -c 'import mpimem.studyplan' 2>/dev/null ||
+        { _mm_log "mpimem is not importable with $PYTHON (activate its environment)"; return 2; }
 }
 
-_mm_plan() { "$PYTHON" -c "$_MM_PLAN_PY" "$STUDY_TOML" "$@"; }
+# The study planner (mpimem/studyplan.py): count | list | run INDEX. It refuses a study that
+# asks for anything this mpimem cannot run (one line, exit 2).
+_mm_plan() { "$PYTHON" -m mpimem.studyplan "$1" "$STUDY_TOML" "${@:2}"; }
 
 # status and ranks of a run file: "complete 3", "running 3", "missing", "unreadable"
 _mm_run_status() {
@@ -224,7 +125,7 @@ _mm_forward() {   # forward a signal (SLURM --signal=B:USR1@T, scancel, time lim
 _mm_run_one() {
     local idx=$1 dir run st rc=0 n
     local plan
-    plan=$(_mm_plan get "$idx") || return 1
+    plan=$(_mm_plan run "$idx") || return 1
     eval "$plan"
     dir=$RESULTS/$STUDY/$MM_JOB/$idx
     run=$dir/RUN.h5
@@ -233,7 +134,7 @@ _mm_run_one() {
     if [[ $st == complete* ]]; then _mm_log "run $idx ($RUN_DATASET $RUN_LABEL W=$RUN_WORKERS): already complete"; return 0; fi
     local resume=()
     if [[ $st != missing ]]; then
-        if [[ $MM_HAS_RESUME == 1 ]] && compgen -G "${run%.h5}.ckpt/ckpt-*.h5" >/dev/null; then
+        if compgen -G "${run%.h5}.ckpt/ckpt-*.h5" >/dev/null; then
             resume=(--resume "$run")          # continue from the newest valid checkpoint
         else
             n=1; while [[ -e $run.prev-$n ]]; do n=$((n + 1)); done
@@ -251,9 +152,9 @@ json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$di
     local train=("$RUN_DATA" --out "$run" --quiet "${RUN_ARGS[@]}")
     # with --resume the settings come from the checkpoint (docs/checkpoints.md)
     [[ ${#resume[@]} -gt 0 ]] && train=("${resume[@]}" --out "$run" --quiet)
-    # checkpoints exist for the synchronous server only (async/allgather runs restart on requeue)
-    [[ -n ${CHECKPOINT_EVERY:-} && " ${RUN_ARGS[*]} " != *" async "* && " ${RUN_ARGS[*]} " != *" allgather "* ]] &&
-        train+=(--checkpoint-every "$CHECKPOINT_EVERY")
+    # RUN_CKPT: --checkpoint-every where mpimem checkpoints (the sync server; async and
+    # allgather runs restart on requeue)
+    train+=("${RUN_CKPT[@]}")
     MPIMEM_EXPECT_RANKS=$ranks "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "${train[@]}" >>"$dir/train.log" 2>&1 &
     MM_CHILD=$!
     local watchdog=

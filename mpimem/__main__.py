@@ -1,5 +1,10 @@
+"""`python -m mpimem`: mpimem.cli.main, whose first act is to install the signal handlers."""
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:  # Ctrl-C in the instant before mpimem.cli exists: still one line
+    print("mpimem: error: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -8,15 +8,25 @@ metrics rows so far, the resolved configuration and the data set's fingerprint. 
 is derived from m and rebuilt on load (WorkerState.load_state).
 
 File: <run>.ckpt/ckpt-<round>.h5, written by rank 0 only after the workers' states are
-gathered (comm.gather), as a temporary file that is fsync'ed and renamed; the last K are kept.
-The root attribute sha256 covers every dataset (name, dtype, shape, bytes) and every other
-root attribute, so truncation or a flipped bit is detected on load.
+gathered (one buffer Gatherv, no pickled arrays). The file is built in memory (HDF5 core
+driver) and written with plain file I/O as a temporary file that is fsync'ed and renamed, so a
+full disk is a plain OSError and never a half-written HDF5 file (mpimem.runfile). The root
+attribute sha256 covers every dataset (name, dtype, shape, bytes) and every other root
+attribute, so truncation or a flipped bit is detected on load.
+
+Ownership: every checkpoint carries its run's `run_id` (mpimem.runfile). A run's RUN.ckpt/
+holds only its own checkpoints: a new run refuses (or, with --overwrite, removes) those of
+another run; --resume RUN.h5 skips checkpoints of another run with a note. Pruning keeps the
+newest K *verified* checkpoints of this run (the ones it wrote, or verified at start) and
+deletes only older verified ones: a damaged or foreign file is never counted as kept nor
+deleted, and the checkpoint just written is never deleted.
 
 Control at round boundaries (Run.loop calls `boundary`): a "sync point" is a round that is a
 multiple of POLL_ROUNDS, a round-interval checkpoint, or an evaluation round. There every rank
-contributes flags to one tiny Allreduce(BOR): STOP (SIGTERM/SIGUSR1 seen by any rank), DUE (rank
-0: the time interval has passed) and BAD (rank 0: x is not finite). Every rank therefore takes
-the same decision at the same round without any change to the round messages.
+contributes flags to one tiny Allreduce(BOR): STOP (SIGTERM/SIGUSR1/SIGINT seen by any rank, mpimem.signals), DUE (rank
+0: the time interval has passed), BAD (rank 0: x is not finite) and FAILED (rank 0: the run
+file could not be written). Every rank therefore takes the same decision at the same round
+without any change to the round messages.
 """
 import errno
 import glob
@@ -24,25 +34,26 @@ import hashlib
 import json
 import os
 import re
-import signal
 import time
 
 import h5py
 import numpy as np
 
 from . import __version__
-from .errors import MpimemError
+from .errors import MpimemError, fault_point
 from .metrics import METRICS
-from .runfile import check_output_dir
+from .runfile import check_output_dir, replace_file, run_id_of
+from .signals import Signals
 
 FORMAT = "mpimem-checkpoint"
 FORMAT_VERSION = 1
 EX_TEMPFAIL = 75            # exit status of a preempted run: "try again" (requeue and resume)
 DEFAULT_EVERY = "60s"
 POLL_ROUNDS = 256           # sync points for signals, time-based checkpoints and the NaN check
-STOP, DUE, BAD = 1, 2, 4
+STOP, DUE, BAD, FAILED = 1, 2, 4, 8
 # settings a resumed run may change; everything else must equal the checkpoint's
-VOLATILE = {"out", "quiet", "checkpoint_every", "keep_checkpoints", "resume", "data", "extra"}
+VOLATILE = {"out", "quiet", "checkpoint_every", "keep_checkpoints", "resume", "data", "extra",
+            "overwrite"}
 
 
 class CollectiveStop(Exception):
@@ -81,8 +92,8 @@ def checkpoint_dir(run_path: str) -> str:
 
 def fault_hook():
     """MPIMEM_FAULT (a test hook, docs/checkpoints.md): 'die-during-checkpoint:N' os._exit()s
-    rank 0 in the middle of writing its Nth checkpoint; 'full-disk-at-checkpoint:N' makes that
-    write fail with ENOSPC. Returns (kind, N) or (None, 0)."""
+    rank 0 when half of its Nth checkpoint file is written; 'full-disk-at-checkpoint:N' makes
+    that write fail there with ENOSPC. Returns (kind, N) or (None, 0)."""
     spec = os.environ.get("MPIMEM_FAULT", "")
     for kind in ("die-during-checkpoint", "full-disk-at-checkpoint"):
         if spec.startswith(kind + ":"):
@@ -92,22 +103,11 @@ def fault_hook():
 
 def write_pidfile(rank: int) -> None:
     """MPIMEM_PIDFILE_DIR (a debugging aid): each rank writes rank<R>.pid there."""
+    fault_point("write_pidfile", rank)
     directory = os.environ.get("MPIMEM_PIDFILE_DIR")
     if directory:
         with open(os.path.join(directory, f"rank{rank}.pid"), "w") as fh:
             fh.write(f"{os.getpid()}\n")
-
-
-class Signals:
-    """SIGTERM / SIGUSR1 set a flag; the loop acts on it at the next sync point."""
-
-    def __init__(self):
-        self.caught = 0
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, frame):
-        self.caught = signum
 
 
 # ---------------------------------------------------------------------- the file
@@ -126,17 +126,6 @@ def _digest(h5) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _round_of(path):
     m = re.search(r"ckpt-(\d+)\.h5$", path)
     return int(m.group(1)) if m else -1
@@ -147,13 +136,44 @@ def list_checkpoints(directory):
     return sorted(glob.glob(os.path.join(directory, "ckpt-*.h5")), key=_round_of, reverse=True)
 
 
-class CheckpointWriter:
-    """Rank 0's writer: atomic files in `directory`, the last `keep` kept."""
+def claim(directory: str, run_id: str, overwrite: bool = False) -> list:
+    """Make `directory` (a run's RUN.ckpt/, if it exists) safe for the run `run_id` and return
+    the paths of its verified checkpoints of that run, newest first. Checkpoints of another
+    run are refused with one line, or removed with overwrite; unreadable ones are left alone
+    (removed with overwrite) and never counted."""
+    if not os.path.isdir(directory):
+        return []
+    own, foreign, unreadable = [], [], []
+    for path in list_checkpoints(directory):
+        found = run_id_of(path)
+        (unreadable if found is None else own if found == run_id else foreign).append(path)
+    if foreign and not overwrite:
+        raise MpimemError(f"{directory} holds {len(foreign)} checkpoint(s) of another run (e.g. "
+                          f"{os.path.basename(foreign[0])}); resume that run with --resume, or "
+                          f"give --overwrite to discard them")
+    if overwrite:
+        for path in foreign + unreadable:
+            os.remove(path)
+    verified = []
+    for path in own:
+        try:
+            load(path)
+            verified.append(path)
+        except MpimemError:
+            pass
+    return verified
 
-    def __init__(self, directory: str, keep: int):
+
+class CheckpointWriter:
+    """Rank 0's writer: atomic files in `directory`, the newest `keep` verified ones kept."""
+
+    def __init__(self, directory: str, keep: int, run_id: str = "", verified=()):
+        """verified: the checkpoints of this run already in `directory` that were verified
+        (claim()); with the ones written here they are the only candidates for pruning."""
         if keep < 1:
             raise MpimemError(f"--keep-checkpoints must be >= 1, got {keep}")
-        self.directory, self.keep = directory, keep
+        self.directory, self.keep, self.run_id = directory, keep, run_id
+        self.verified = list(verified)
         self.count = 0
         self.fault, self.fault_at = fault_hook()
         check_output_dir(directory)  # only RUN.ckpt/ itself is created
@@ -176,44 +196,55 @@ class CheckpointWriter:
         self.count += 1
         path = os.path.join(self.directory, f"ckpt-{int(attrs['round']):09d}.h5")
         tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-        try:
-            with h5py.File(tmp, "w") as h5:
-                h5.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
-                                mpimem_version=__version__, written=time.time())
-                for key, value in attrs.items():
-                    h5.attrs[key] = value
-                g = h5.create_group("server")
-                for key, value in server.items():
-                    g.create_dataset(key, data=value)
-                if self.fault_at == self.count:  # test hooks: rank 0 dies / the disk fills
-                    h5.flush()
-                    if self.fault == "die-during-checkpoint":
-                        os._exit(9)
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                for w, part in enumerate(workers, start=1):
-                    g = h5.create_group(f"workers/{w}")
-                    for key, value in part.items():
-                        g.create_dataset(key, data=value)
-                g = h5.create_group("metrics")
-                for key in METRICS:
-                    g.create_dataset(key, data=np.asarray(metrics.get(key, []), dtype="f8"))
-                h5.attrs["sha256"] = _digest(h5)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.directory)
-        except BaseException:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-            raise
-        for old in list_checkpoints(self.directory)[self.keep:]:
-            try:
-                os.remove(old)
-            except OSError:
-                pass
+        image = self.image(dict(attrs, run_id=self.run_id), server, workers, metrics)
+        replace_file(path, tmp, image, durable=True,
+                     midway=self._fault if self.fault_at == self.count else None)
+        self.verified = [path] + [p for p in self.verified if p != path]
+        self.prune(path)
         return path
+
+    @staticmethod
+    def image(attrs: dict, server: dict, workers: list, metrics: dict) -> bytes:
+        """The checkpoint file's bytes, built in memory (nothing touches the disk)."""
+        with h5py.File(f"checkpoint-in-memory-{os.getpid()}", "w", driver="core",
+                       backing_store=False) as h5:
+            h5.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
+                            mpimem_version=__version__, written=time.time())
+            for key, value in attrs.items():
+                h5.attrs[key] = value
+            g = h5.create_group("server")
+            for key, value in server.items():
+                g.create_dataset(key, data=value)
+            for w, part in enumerate(workers, start=1):
+                g = h5.create_group(f"workers/{w}")
+                for key, value in part.items():
+                    g.create_dataset(key, data=value)
+            g = h5.create_group("metrics")
+            for key in METRICS:
+                g.create_dataset(key, data=np.asarray(metrics.get(key, []), dtype="f8"))
+            h5.attrs["sha256"] = _digest(h5)
+            h5.flush()
+            return h5.id.get_file_image()
+
+    def _fault(self, fd):
+        """The test hooks, half-way through the file: rank 0 dies / the disk is full."""
+        os.fsync(fd)
+        if self.fault == "die-during-checkpoint":
+            os._exit(9)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def prune(self, written):
+        """Delete the verified checkpoints of this run beyond the newest `keep` (by round),
+        never `written` (the one just written); nothing else in the directory is touched."""
+        self.verified.sort(key=_round_of, reverse=True)
+        for old in self.verified[self.keep:]:
+            if old != written:
+                try:
+                    os.remove(old)
+                except OSError:
+                    pass
+        self.verified = self.verified[:self.keep] + (
+            [written] if written in self.verified[self.keep:] else [])
 
 
 def load(path: str) -> dict:
@@ -242,37 +273,60 @@ def load(path: str) -> dict:
 
 
 def locate(target: str):
-    """The newest valid checkpoint for --resume TARGET (a run file, a .ckpt directory, or one
-    checkpoint file) and the notes on newer ones that were skipped as damaged."""
+    """For --resume TARGET: (the newest valid checkpoint of its run, notes on the newer ones
+    skipped, the run file the resumed run writes). TARGET is
+    - a run file: its own RUN.ckpt/ next to it is searched, for checkpoints of its run id only
+      (of any run id when the run file is unreadable: a crash can damage it); writes TARGET;
+    - a RUN.ckpt/ directory or one checkpoint file: writes the RUN.h5 next to that directory
+      (None for a checkpoint outside a .ckpt directory: --out must name the run file)."""
     if not os.path.exists(target):
         raise MpimemError(f"--resume {target}: no such file or directory")
+    target = os.path.abspath(target)
     if os.path.isfile(target):
-        kind = None
-        try:
-            with h5py.File(target, "r") as h5:
-                kind = h5.attrs.get("format")
-                kind = kind.decode() if isinstance(kind, bytes) else kind
-                directory = h5.attrs.get("checkpoint_dir")
-        except OSError:
-            directory = None  # a run file damaged by the crash: its checkpoints are still there
+        kind = _format_of(target)
         if kind == FORMAT or (kind is None and _round_of(target) >= 0):
-            return load(target), []
-        if directory is None or not os.path.isdir(str(directory)):
-            directory = checkpoint_dir(target)
-        directory = directory.decode() if isinstance(directory, bytes) else str(directory)
+            found = load(target)
+            return found, [], _run_file_next_to(os.path.dirname(target), found)
+        directory, run_id = checkpoint_dir(target), run_id_of(target)
     else:
-        directory = target
+        directory, run_id = target, None
     candidates = list_checkpoints(directory)
     if not candidates:
         raise MpimemError(f"--resume {target}: no checkpoints in {directory}")
     notes = []
     for path in candidates:
         try:
-            return load(path), notes
+            found = load(path)
         except MpimemError as err:
             notes.append(str(err))
-    raise MpimemError(f"--resume {target}: every checkpoint in {directory} is damaged "
-                      f"({len(candidates)} tried)")
+            continue
+        other = str(found["attrs"].get("run_id", ""))
+        if run_id is not None and other != run_id:
+            notes.append(f"{path}: belongs to another run (run id {other[:12] or '(none)'}, "
+                         f"{os.path.basename(target)} is run {run_id[:12] or '(none)'})")
+            continue
+        return found, notes, target if os.path.isfile(target) else _run_file_next_to(directory, found)
+    raise MpimemError(f"--resume {target}: no valid checkpoint of this run in {directory} "
+                      f"({len(candidates)} tried; the newest: {notes[0]})")
+
+
+def _format_of(path: str):
+    """The `format` attribute of an HDF5 file (None if unreadable or absent)."""
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            kind = h5.attrs.get("format")
+            return kind.decode() if isinstance(kind, bytes) else kind
+    except OSError:
+        return None
+
+
+def _run_file_next_to(directory: str, ckpt: dict):
+    """RUN.h5 for a directory RUN.ckpt (the extension of the run file the checkpoint
+    records); None when the directory is not named *.ckpt."""
+    stem, ext = os.path.splitext(directory)
+    if ext != ".ckpt":
+        return None
+    return stem + (os.path.splitext(str(ckpt["attrs"].get("run_file", "")))[1] or ".h5")
 
 
 def resume_config(ckpt_attrs: dict, cfg, explicit, workers: int):
@@ -292,9 +346,13 @@ def resume_config(ckpt_attrs: dict, cfg, explicit, workers: int):
             settings[key] = getattr(cfg, key)
     if "data" not in explicit:
         settings["data"] = ckpt_attrs["dataset"]
-    if "out" not in explicit:
-        settings["out"] = ckpt_attrs["run_file"]
+    if "out" not in explicit:  # the run named by --resume, never the path recorded inside
+        if not ckpt_attrs.get("resume_run_file"):
+            raise MpimemError(f"--resume {cfg.resume}: this checkpoint is not in a RUN.ckpt/ "
+                              f"directory; name the run file to write with --out")
+        settings["out"] = ckpt_attrs["resume_run_file"]
     settings["resume"] = cfg.resume
+    settings["overwrite"] = bool(cfg.overwrite)  # never inherited from the checkpoint
     return TrainConfig(**settings)
 
 
@@ -313,6 +371,79 @@ def check_compatible(run, ckpt_attrs: dict) -> None:
                               f"(start a new run to change them)")
 
 
+# ---------------------------------------------------------------------- states over MPI
+def _layout(state: dict) -> list:
+    """(name, dtype, shape) of each array of a state dict, in its order (a few bytes)."""
+    return [(key, np.asarray(value).dtype.str, np.shape(value)) for key, value in state.items()]
+
+
+def _sizes(layout) -> list:
+    """Bytes of each field in a packed buffer: its data, rounded up to 8 (aligned views)."""
+    return [-(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize // 8) * 8
+            for _, dt, shape in layout]
+
+
+def _pack(state: dict) -> np.ndarray:
+    """A state dict's arrays as one uint8 buffer (layout: _layout)."""
+    layout = _layout(state)
+    buf = np.zeros(sum(_sizes(layout)), np.uint8)
+    at = 0
+    for (key, _, _), size in zip(layout, _sizes(layout)):
+        raw = np.ascontiguousarray(state[key]).reshape(-1).view(np.uint8)
+        buf[at: at + raw.size] = raw
+        at += size
+    return buf
+
+
+def _unpack(layout, buf: np.ndarray) -> dict:
+    """The inverse of _pack: arrays that are views of `buf` (scalars as 0-d arrays)."""
+    state, at = {}, 0
+    for (key, dt, shape), size in zip(layout, _sizes(layout)):
+        count = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        state[key] = buf[at: at + count].view(dt).reshape(shape)
+        at += size
+    return state
+
+
+def gather_states(comm, state):
+    """Collective: each rank's state dict (None on a rank without one) to rank 0, in rank
+    order. Only the layouts travel as pickles; the arrays go by one Gatherv into a buffer
+    allocated once on rank 0. Returns the list on rank 0, None elsewhere."""
+    from mpi4py import MPI
+
+    layout = None if state is None else _layout(state)
+    buf = np.zeros(0, np.uint8) if state is None else _pack(state)
+    layouts = comm.gather(layout, root=0)
+    if comm.Get_rank() != 0:
+        comm.Gatherv(buf, None, root=0)
+        return None
+    counts = [0 if lay is None else sum(_sizes(lay)) for lay in layouts]
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    recv = np.empty(sum(counts), np.uint8)
+    comm.Gatherv(buf, [recv, counts, displs, MPI.BYTE], root=0)
+    return [None if lay is None else _unpack(lay, recv[at: at + n])
+            for lay, at, n in zip(layouts, displs, counts)]
+
+
+def scatter_states(comm, states):
+    """Collective, the inverse of gather_states: rank 0's list (one state dict or None per
+    rank) to the ranks by one Scatterv; returns this rank's dict (None if it has none)."""
+    from mpi4py import MPI
+
+    send = None
+    layouts = None
+    if comm.Get_rank() == 0:
+        layouts = [None if st is None else _layout(st) for st in states]
+        parts = [np.zeros(0, np.uint8) if st is None else _pack(st) for st in states]
+        counts = [p.size for p in parts]
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        send = [np.concatenate(parts), counts, displs, MPI.BYTE]
+    layout = comm.scatter(layouts, root=0)
+    recv = np.empty(0 if layout is None else sum(_sizes(layout)), np.uint8)
+    comm.Scatterv(send, recv, root=0)
+    return None if layout is None else _unpack(layout, recv)
+
+
 # ---------------------------------------------------------------------- the loop's side
 class Checkpointing:
     """One rank's checkpoint/stop logic for Run.loop (sync mode)."""
@@ -324,8 +455,12 @@ class Checkpointing:
         self.enabled = enabled and (self.every_rounds or self.every_seconds) is not None
         self.signals = Signals()
         self.writer = None
-        if self.rank == 0 and self.enabled:
-            self.writer = CheckpointWriter(checkpoint_dir(run.cfg.out), keep)
+        self.failure = None         # rank 0: why the run file could not be written (FAILED)
+        if self.rank == 0:  # RUN.ckpt/ holds this run's checkpoints only (module docstring)
+            directory = checkpoint_dir(run.cfg.out)
+            verified = claim(directory, run.run_id, run.cfg.overwrite)
+            if self.enabled:
+                self.writer = CheckpointWriter(directory, keep, run.run_id, verified)
         self.last_time = time.perf_counter()
         self.last_path = None
         self.last_round = None
@@ -348,7 +483,16 @@ class Checkpointing:
                 flags |= BAD
             if not (np.isfinite(self.run.replica.s) and np.isfinite(self.run.replica.z).all()):
                 flags |= BAD
+            if self.failure:
+                flags |= FAILED
         return flags
+
+    def _check(self, flags, r):
+        """Every rank stops here together when x diverged or the run file cannot be written."""
+        if flags & BAD:
+            raise self._diverged(r)
+        if flags & FAILED:
+            raise CollectiveStop(f"{self.failure} at round {r}; stopped")
 
     def _sync(self, r):
         from mpi4py import MPI
@@ -363,14 +507,15 @@ class Checkpointing:
                               f"{self.finite_round} and round {r} (epoch {epoch:.3f}); stopped "
                               f"(step size too large? --gamma {self.run.cfg.gamma}){last}")
 
-    def boundary(self, r, started, is_eval):
-        """Called by every rank before round r (r > start). Returns 'preempted' to stop."""
-        due_rounds = self.every_rounds is not None and r % self.every_rounds == 0
-        if not (due_rounds or is_eval or r % POLL_ROUNDS == 0):
+    def boundary(self, r, started, is_eval, first=False):
+        """Called by every rank before round r. Returns 'preempted' to stop. first: r is the
+        first round of this launch, always a sync point, so that a signal caught during
+        start-up stops the run here (mpimem.signals)."""
+        due_rounds = not first and self.every_rounds is not None and r % self.every_rounds == 0
+        if not (first or due_rounds or is_eval or r % POLL_ROUNDS == 0):
             return None
         flags = self._sync(r)
-        if flags & BAD:
-            raise self._diverged(r)
+        self._check(flags, r)
         self.finite_round = r
         if self.enabled and (due_rounds or flags & (DUE | STOP)):
             self.save(r, started, "signal" if flags & STOP else "interval")
@@ -381,8 +526,7 @@ class Checkpointing:
 
     def final(self, r, started):
         """After the last round: the NaN check and the final checkpoint (collective)."""
-        if self._sync(r) & BAD:
-            raise self._diverged(r)
+        self._check(self._sync(r), r)
         if self.enabled:
             self.save(r, started, "final")
 
@@ -390,7 +534,7 @@ class Checkpointing:
     def save(self, r, started, reason):
         run = self.run
         part = None if not getattr(run, "worker_id", run.rank) else run.ws.state_dict()
-        parts = run.comm.gather(part, root=0)
+        parts = gather_states(run.comm, part)
         err = None
         if self.rank == 0:
             try:
@@ -415,6 +559,7 @@ class Checkpointing:
             "dataset": os.path.abspath(run.cfg.data),
             "dataset_fingerprint": run.meta.fingerprint,
             "config": run.cfg.to_json(), "run_file": os.path.abspath(run.cfg.out),
+            "run_id": run.run_id,
             "elapsed": time.perf_counter() - started, "reason": reason,
         }
 
@@ -429,26 +574,28 @@ class Checkpointing:
         return state
 
     def metrics_so_far(self):
+        fault_point("metrics_so_far", self.rank)
         return {k: [row.get(k, np.nan) for row in self.history] for k in METRICS}
 
     # resume --------------------------------------------------------------------
     def restore(self, ckpt):
         """Collective: rank 0 holds the loaded checkpoint; scatter it and restore every rank.
         Returns (start round, elapsed seconds at the checkpoint)."""
+        fault_point("restore", self.rank)
         run = self.run
         comm = run.comm
         if self.rank == 0:
             srv = ckpt["server"]
-            z, s = srv["z"], float(srv["s"])
-            parts = [None] + [dict(w, z=z, s=s) for w in ckpt["workers"]]
-            head = (int(ckpt["attrs"]["round"]), float(ckpt["attrs"]["elapsed"]))
+            run.replica.z[:] = srv["z"]
+            parts = [None] + ckpt["workers"]
+            head = (int(ckpt["attrs"]["round"]), float(ckpt["attrs"]["elapsed"]), float(srv["s"]))
         else:
             parts, head = None, None
-        mine = comm.scatter(parts, root=0)
+        mine = scatter_states(comm, parts)
+        comm.Bcast(run.replica.z, root=0)
         head = comm.bcast(head, root=0)
+        run.replica.s = head[2]
         if self.rank == 0:
-            run.replica.z[:] = srv["z"]
-            run.replica.s = float(srv["s"])
             run.timing[:] = srv["timing"]
             if run.averager is not None:
                 a = run.averager
@@ -461,8 +608,6 @@ class Checkpointing:
                             for i in range(rows)]
             self.last_path, self.last_round = ckpt["path"], head[0]
         else:
-            run.replica.z[:] = mine["z"]
-            run.replica.s = float(mine["s"])
             run.ws.load_state(mine)
         self.finite_round = head[0]
-        return head
+        return head[:2]

@@ -14,6 +14,11 @@ writes the bytes handed to MPI into ws.msg and leaves m := v - u (Algorithm 1). 
 
 With memory, QSGD and ternary are the rescaled k-contractions Q(v)/(1+beta), beta = min(d/s^2,
 sqrt(d)/s) (ternary, s = 1: sqrt(d)); without memory they are the unbiased quantisers.
+
+The downlink (U, or D = top-K(m_s + U) with --downlink-k) and the uplink of `none` follow one
+rule, `sparse_is_smaller`: int32 idx + float32 vals (8 nnz bytes) when 8 nnz < 4 d, else the
+dense float32 vector (4 d bytes). A sparse payload is therefore always shorter than a dense one,
+and the receiver decodes by size (`decode_downlink`).
 """
 import math
 
@@ -42,6 +47,29 @@ def sparse_views(buf: np.ndarray, n: int):
     return buf[: 4 * n].view(np.int32), buf[4 * n: 8 * n].view(np.float32)
 
 
+def emit_vector(m: np.ndarray, sel: np.ndarray, n: int, out: np.ndarray) -> int:
+    """Send u = m restricted to sel[:n] (all of m when n < 0) and keep m := m - u; returns the
+    bytes written to out.
+
+    u is float32 on the wire, so m keeps the exact residual m - float32(m) (kernels.emit_sparse).
+    The encoding follows `sparse_is_smaller`: idx + vals (8 n bytes) only when shorter than the
+    dense float32 vector (4 d bytes), which carries zeros off sel. A sparse payload is thus always
+    shorter than a dense one, `decode_downlink` tells them apart by size alone, and out never
+    needs more than 4 d bytes."""
+    d = m.size
+    if n >= 0 and sparse_is_smaller(n, d):
+        idx, vals = sparse_views(out, n)
+        idx[:] = sel[:n]
+        K.emit_sparse(m, idx, n, vals)
+        return 8 * n
+    keep = slice(None) if n < 0 else sel[:n]
+    dense = out[: 4 * d].view(np.float32)
+    dense[:] = 0.0
+    dense[keep] = m[keep]
+    m[keep] -= dense[keep]
+    return 4 * d
+
+
 class Aggregator:
     """The server's scratch for sum_w u_w and the downlink encoding of U = (1/W) sum_w u_w.
 
@@ -49,8 +77,9 @@ class Aggregator:
     smaller than the dense float32 vector (4 d bytes); every party applies exactly these values.
 
     With downlink compression (`downlink_k` = K, the paper's "compression of the state"), the
-    server keeps a memory m_s of its own and sends D = top-K(m_s + U) (8 K bytes), m_s := m_s +
-    U - D: the same error feedback as the workers', on the server-to-worker link.
+    server keeps a memory m_s of its own and sends D = top-K(m_s + U), m_s := m_s + U - D: the
+    same error feedback as the workers', on the server-to-worker link. D is encoded by the same
+    rule (`emit_vector`): 8 K bytes while 8 K < 4 d, else the dense 4 d bytes (K >= d/2).
     """
 
     def __init__(self, d: int, workers: int, max_entries: int, downlink_k: int = None):
@@ -111,15 +140,14 @@ class Aggregator:
             self.mark[touched] = 0
         down = self.down
         n = K.top_k_scan(m, down.sel, -1, k, down.sel, down.hkey, down.hidx)
-        idx, vals = sparse_views(self.out, n)
-        idx[:] = down.sel[:n]
-        K.emit_sparse(m, down.sel, n, vals)
+        nbytes = emit_vector(m, down.sel, n, self.out)
         self.nunion, self.dense = 0, False
-        return self.out[: 8 * n]
+        return self.out[:nbytes]
 
 
 def decode_downlink(payload: np.ndarray, d: int):
-    """(idx, vals) of a downlink payload; idx is None for the dense encoding (4 d bytes)."""
+    """(idx, vals) of a downlink payload (or of the uplink of `none`); idx is None for the dense
+    encoding (4 d bytes). Unambiguous because every encoder follows `sparse_is_smaller`."""
     if payload.size == 4 * d:
         return None, payload.view(np.float32)
     n = payload.size // 8
@@ -153,22 +181,14 @@ class Identity(Compressor):
         return 4 * self.d
 
     def compress(self, ws, r):
-        if ws.ncand < 0 or not sparse_is_smaller(ws.ncand, self.d):
-            vals = ws.msg[: 4 * self.d].view(np.float32)
-            vals[:] = ws.m
-            ws.m -= vals
-            return 4 * self.d
-        n = ws.ncand
-        idx, vals = sparse_views(ws.msg, n)
-        idx[:] = ws.cand[:n]
-        K.emit_sparse(ws.m, idx, n, vals)
-        return 8 * n
+        return emit_vector(ws.m, ws.cand, ws.ncand, ws.msg)
 
     def add_to(self, agg, msg, worker, r):
-        if msg.size == 4 * self.d:
-            agg.add_dense(msg.view(np.float32))
+        idx, vals = decode_downlink(msg, self.d)
+        if idx is None:
+            agg.add_dense(vals)
         else:
-            agg.add_sparse(*sparse_views(msg, msg.size // 8))
+            agg.add_sparse(idx, vals)
 
 
 class TopK(Compressor):

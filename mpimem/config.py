@@ -1,8 +1,10 @@
-"""Training configuration: defaults (the paper's), a TOML file, the command line; validation.
+"""Training configuration: defaults, a TOML file, the command line; validation.
 
-Precedence: built-in defaults < `--config FILE.toml` < command-line options. The resolved
-configuration (every field, with k, lambda and the shift made concrete) is stored in RUN.h5.
-Every check runs before any rank does work and fails with one line naming the setting.
+Precedence: built-in defaults < `--config FILE.toml` < command-line options. The step settings
+(schedule, gamma, shift) left unset resolve per operator and mode (mpimem.schedule.default_steps,
+measured in docs/design.md); the resolved configuration (every field, with k, lambda, the steps
+and the shift made concrete, plus extra["notes"]: what was chosen for the user) is stored in
+RUN.h5. Every check runs before any rank does work and fails with one line naming the setting.
 """
 import dataclasses
 import json
@@ -10,9 +12,10 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 
-from .compressors import COMPRESSORS, levels_from_bits
+from .compressors import COMPRESSORS, levels_from_bits, make_compressor
 from .errors import MpimemError
-from .schedule import AVERAGINGS, SCHEDULES, parse_shift
+from .schedule import (ASYNC_DEFAULT_STEPS, AVERAGINGS, DEFAULT_GAMMA, SCHEDULES, default_steps,
+                       parse_shift)
 
 L2_PLACEMENTS = ("server", "worker")
 MODES = ("sync", "async")
@@ -37,13 +40,13 @@ class TrainConfig:
     epochs: float = 1.0
     samples: int = None
     batch_size: int = 1
-    # steps and averaging (SPEC "Step sizes and averaging")
-    schedule: str = "decay"
-    gamma: float = 2.0
-    shift: str = "d/k"
+    # steps and averaging (SPEC "Step sizes and averaging"); None: the operator's default
+    schedule: str = None
+    gamma: float = None
+    shift: str = None
     averaging: str = "quadratic"
     lam: float = None
-    l2: str = "server"
+    l2: str = "worker"
     # system
     mode: str = "sync"
     topology: str = "server"
@@ -56,29 +59,73 @@ class TrainConfig:
     checkpoint_every: str = None
     keep_checkpoints: int = 2
     resume: str = None
+    overwrite: bool = False       # replace an existing run file (and its RUN.ckpt/ checkpoints)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+FIELDS = set(FIELD_TYPES)
+NOT_IN_FILE = {"resume": "give --resume on the command line",   # actions of one launch, not
+               "overwrite": "give --overwrite on the command line"}  # settings to reuse
+NUMBER_OR_TEXT = {"shift", "checkpoint_every"}  # '5d/k' or 0.5, '30s' or 500: numbers allowed
+TOML_TYPE = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+             str: "a string"}
+
+
+def toml_type_name(value) -> str:
+    """The TOML name of a parsed value's type, for error messages."""
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+             dict: "table"}
+    return names.get(type(value), "date/time")
+
+
+def toml_value(path: str, key: str, value):
+    """`value` checked against the type of setting `key` (FIELD_TYPES): a boolean must be a TOML
+    boolean, an integer an integer (not a float or boolean), a number an integer or float (made
+    float), a string a string (numbers too for NUMBER_OR_TEXT, made text). MpimemError otherwise."""
+    kind = FIELD_TYPES[key]
+    if kind is float and type(value) in (int, float):
+        return float(value)
+    if kind is str and key in NUMBER_OR_TEXT and type(value) in (int, float):
+        return str(value)
+    if type(value) is kind:
+        return value
+    raise MpimemError(f"{path}: setting '{key}' must be {TOML_TYPE[kind]}, got "
+                      f"{toml_type_name(value)} {value!r}")
 
 
 def load_toml(path: str) -> dict:
-    """Settings from a TOML file (keys are the option names with '_' for '-')."""
+    """Settings from a TOML file: the [train] table if there is one, else the top level. Keys are
+    the option names with '-' or '_'; every value is checked against the option's type."""
     try:
         with open(path, "rb") as fh:
             table = tomllib.load(fh)
     except FileNotFoundError:
         raise MpimemError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MpimemError(f"{path}: cannot read the config file: {err}") from None
     except tomllib.TOMLDecodeError as err:
         raise MpimemError(f"{path}: not valid TOML: {err}") from None
     table = table.get("train", table)
-    unknown = sorted(set(table) - FIELDS)
+    if not isinstance(table, dict):
+        raise MpimemError(f"{path}: 'train' must be a table ([train]), got {toml_type_name(table)}")
+    settings = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name in settings:
+            raise MpimemError(f"{path}: setting '{name}' given twice ('-' and '_' spellings)")
+        settings[name] = value
+    unknown = sorted(set(settings) - FIELDS)
     if unknown:
         raise MpimemError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    return {key.replace("-", "_"): value for key, value in table.items()}
+    for name in settings:
+        if name in NOT_IN_FILE:
+            raise MpimemError(f"{path}: setting '{name}' cannot be set in a config file; "
+                              f"{NOT_IN_FILE[name]}")
+    return {name: toml_value(path, name, value) for name, value in settings.items()}
 
 
 def merge(cli: dict, toml_path: str = None) -> TrainConfig:
@@ -95,14 +142,27 @@ def _choice(name, value, choices):
 
 def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
     """Check every setting against the data set (n rows, d features) and W workers; make k,
-    lambda, the shift and the evaluation interval concrete. Raises MpimemError on the first fault."""
+    lambda, the steps, the shift and the evaluation interval concrete. Raises MpimemError on the
+    first fault."""
     _choice("compressor", cfg.compressor, COMPRESSORS)
-    _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("averaging", cfg.averaging, AVERAGINGS)
     _choice("l2", cfg.l2, L2_PLACEMENTS)
     _choice("mode", cfg.mode, MODES)
     _choice("topology", cfg.topology, TOPOLOGIES)
     _choice("async_step", cfg.async_step, ASYNC_STEPS)
+    _check_system(cfg, n, d, workers)
+    _resolve_operator(cfg, d)
+    _resolve_steps(cfg, n, d)
+    if cfg.eval_every is None:
+        total = cfg.samples / n if cfg.samples else cfg.epochs
+        cfg.eval_every = total / 10
+    if not cfg.eval_every > 0:
+        raise MpimemError(f"--eval-every must be > 0 epochs, got {cfg.eval_every}")
+    return cfg
+
+
+def _check_system(cfg: TrainConfig, n: int, d: int, workers: int) -> None:
+    """Mode, topology, downlink, W and the budget against the data set."""
     if cfg.mode == "async" and cfg.topology != "server":
         raise MpimemError("--mode async needs --topology server (allgather is a synchronous collective)")
     if cfg.downlink_k is not None:
@@ -121,18 +181,14 @@ def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
     if cfg.batch_size > n // workers:
         raise MpimemError(f"--batch-size {cfg.batch_size} exceeds the smallest shard "
                           f"({n // workers} rows for {workers} workers)")
-    if cfg.lam is None:
-        cfg.lam = 1.0 / n
-    if not math.isfinite(cfg.lam) or cfg.lam < 0:
-        raise MpimemError(f"--lam must be a finite number >= 0, got {cfg.lam}")
-    if cfg.schedule == "decay" and cfg.lam <= 0:
-        raise MpimemError("--schedule decay (eta = gamma/(lam (t+a))) needs --lam > 0")
-    if not (cfg.gamma > 0 and math.isfinite(cfg.gamma)):
-        raise MpimemError(f"--gamma must be > 0, got {cfg.gamma}")
     if cfg.samples is not None and cfg.samples < 1:
         raise MpimemError(f"--samples must be >= 1, got {cfg.samples}")
     if cfg.samples is None and not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
         raise MpimemError(f"--epochs must be > 0, got {cfg.epochs}")
+
+
+def _resolve_operator(cfg: TrainConfig, d: int) -> None:
+    """k (top_k/rand_k; d for the others) and the QSGD levels."""
     if cfg.compressor in ("top_k", "rand_k"):
         if cfg.k is None and cfg.k_fraction is not None:
             if not 0 < cfg.k_fraction <= 1:
@@ -153,18 +209,56 @@ def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
             cfg.levels = levels_from_bits(cfg.bits)
         if not 1 <= cfg.levels <= 32767:
             raise MpimemError(f"--levels must be in 1..32767, got {cfg.levels}")
-    try:
-        shift = parse_shift(cfg.shift, d, cfg.k, cfg.batch_size)
-    except ValueError:
-        raise MpimemError(f"--shift must be a number or a multiple of d/k like '5d/k', got '{cfg.shift}'") from None
+
+
+def contraction_rounds(cfg: TrainConfig, d: int) -> float:
+    """1/delta for the operator as a delta-contraction, E||C(v) - v||^2 <= (1 - delta)||v||^2: the
+    default shift a in rounds (the paper's a = d/k generalised). top-k/rand-k: d/k; rescaled
+    QSGD/ternary Q(v)/(1+beta): 1 + beta; scaled sign (delta = ||v||_1^2/(d ||v||^2), between
+    1/d and 1, data-dependent): ternary's 1 + sqrt(d), measured; none: 1."""
+    if cfg.compressor in ("top_k", "rand_k"):
+        return d / cfg.k
+    if cfg.compressor in ("qsgd", "ternary", "sign"):
+        name = "ternary" if cfg.compressor == "sign" else cfg.compressor
+        return 1.0 + make_compressor(name, d, levels=cfg.levels).beta
+    return 1.0
+
+
+def _resolve_steps(cfg: TrainConfig, n: int, d: int) -> None:
+    """lambda, schedule, gamma and shift: unset ones take the operator's default (or, under
+    --mode async with neither schedule nor gamma set, the paper's asynchronous setting, with a
+    note in extra["notes"] that rank 0 prints at start)."""
+    if cfg.lam is None:
+        cfg.lam = 1.0 / n
+    if not math.isfinite(cfg.lam) or cfg.lam < 0:
+        raise MpimemError(f"--lam must be a finite number >= 0, got {cfg.lam}")
+    if cfg.schedule is None and cfg.gamma is None:
+        schedule, gamma = default_steps(cfg.compressor, cfg.memory)
+        if cfg.mode == "async" and (schedule, gamma) != ASYNC_DEFAULT_STEPS:
+            schedule, gamma = ASYNC_DEFAULT_STEPS
+            cfg.extra.setdefault("notes", []).append(
+                f"--mode async: steps {schedule} gamma = {gamma:g} (the paper's asynchronous "
+                f"setting; give --schedule/--gamma to choose others)")
+        cfg.schedule, cfg.gamma = schedule, gamma
+    elif cfg.schedule is None:
+        cfg.schedule = default_steps(cfg.compressor, cfg.memory)[0]
+    _choice("schedule", cfg.schedule, SCHEDULES)
+    if cfg.gamma is None:
+        cfg.gamma = DEFAULT_GAMMA[cfg.schedule]
+    if cfg.schedule == "decay" and cfg.lam <= 0:
+        raise MpimemError("--schedule decay (eta = gamma/(lam (t+a))) needs --lam > 0")
+    if not (cfg.gamma > 0 and math.isfinite(cfg.gamma)):
+        raise MpimemError(f"--gamma must be > 0, got {cfg.gamma}")
+    if cfg.shift is None:
+        shift = contraction_rounds(cfg, d) * cfg.batch_size
+    else:
+        try:
+            shift = parse_shift(cfg.shift, d, cfg.k, cfg.batch_size)
+        except ValueError:
+            raise MpimemError(f"--shift must be a number or a multiple of d/k like '5d/k', "
+                              f"got '{cfg.shift}'") from None
     if not shift >= 0:
         raise MpimemError(f"--shift must be >= 0, got {cfg.shift}")
     if cfg.schedule == "decay" and shift == 0:
         raise MpimemError("--schedule decay needs --shift > 0 (eta_0 = gamma/(lam a))")
     cfg.shift = shift
-    if cfg.eval_every is None:
-        total = cfg.samples / n if cfg.samples else cfg.epochs
-        cfg.eval_every = total / 10
-    if not cfg.eval_every > 0:
-        raise MpimemError(f"--eval-every must be > 0 epochs, got {cfg.eval_every}")
-    return cfg

@@ -11,8 +11,8 @@ mini-batch b (schedule clock t = r b, step eta_t, see mpimem.schedule):
   3. everyone:  x_{r+1} = factor * x_r - U   (server, and every worker on its replica)
   3.1 server:   xbar accumulates w_r x_r (lazily, mpimem.model.Averager)
 
-L2 placement (`l2`): "worker" is the paper-exact update, grad f_i includes lam x, so step 1.1
-adds eta_t b lam x to v (O(d) per round) and factor = 1. "server" (the default, the fast path)
+L2 placement (`l2`): "worker" (the default) is the paper-exact update, grad f_i includes lam x,
+so step 1.1 adds eta_t b lam x to v (O(d) per round) and factor = 1. "server" (the fast path)
 leaves the L2 term out of the compressed vector and applies it exactly on the iterate,
 factor = 1 - b eta_t lam, a scalar (x = s z); per round cost then grows with nnz and k, not d.
 """

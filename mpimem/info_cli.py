@@ -1,4 +1,10 @@
-"""`mpimem info RUN.h5`: a summary of a run file (settings, status, final losses, traffic)."""
+"""`mpimem info RUN.h5`: a summary of a run file (settings, status, final losses, traffic).
+
+Works on a run in progress (the run file on disk is always complete, mpimem.runfile) and on
+any damaged file: a file that is not a readable run file (damaged config, no status, ...) is
+one line `mpimem: error: ...`, exit 2; an attribute that is missing or of the wrong type is
+shown as '?'.
+"""
 
 from .runfile import read_run
 
@@ -9,24 +15,40 @@ def register(sub) -> None:
     p.set_defaults(func=show)
 
 
+def fmt(value, spec: str = "") -> str:
+    """`value` formatted with `spec`, or '?' when it is missing or does not fit the spec."""
+    if value is None:
+        return "?"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return "?"
+
+
 def show(args) -> int:
     run = read_run(args.run)
     a, m, cfg = run["attrs"], run["metrics"], run["attrs"]["config"]
-    print(f"{args.run}: status {a['status']}, mpimem {a.get('mpimem_version', '?')}, "
-          f"{a.get('workers', '?')} workers on {a.get('hosts', '?')}")
-    print(f"  data {a.get('dataset', '?')} (n={a.get('n')}, d={a.get('d')}), lambda {a.get('lam'):.3g}, "
-          f"f* {a.get('fstar'):.10g}")
-    print(f"  {cfg.get('compressor')} k={cfg.get('k')} memory={cfg.get('memory')} "
-          f"b={cfg.get('batch_size')} schedule={cfg.get('schedule')} gamma={cfg.get('gamma')} "
-          f"a={cfg.get('shift')} averaging={cfg.get('averaging')} l2={cfg.get('l2')} seed={cfg.get('seed')}")
-    if m.get("round") is not None and len(m["round"]):
-        last = {k: v[-1] for k, v in m.items()}
-        print(f"  {len(m['round'])} evaluation points; last: epoch {last['epoch']:.3f}, "
-              f"f(xbar) {last['loss_xbar']:.8g}, f(xbar)-f* {last['subopt_xbar']:.3e}, "
-              f"f(x)-f* {last['subopt_x']:.3e}, accuracy {last['acc_xbar']:.4f}")
-        print(f"  traffic: {last['bytes_up'] / 1e6:.3f} MB up, {last['bytes_down'] / 1e6:.3f} MB down, "
-              f"{last['bytes_up'] / max(1.0, last['samples']):.2f} bytes up per sample; "
-              f"wall {last['wall_time']:.2f} s")
+    print(f"{args.run}: status {a['status']}, mpimem {fmt(a.get('mpimem_version'))}, "
+          f"{fmt(a.get('workers'))} workers on {fmt(a.get('hosts'))}")
+    print(f"  data {fmt(a.get('dataset'))} (n={fmt(a.get('n'))}, d={fmt(a.get('d'))}), "
+          f"lambda {fmt(a.get('lam'), '.3g')}, f* {fmt(a.get('fstar'), '.10g')}")
+    print(f"  {fmt(cfg.get('compressor'))} k={fmt(cfg.get('k'))} memory={fmt(cfg.get('memory'))} "
+          f"b={fmt(cfg.get('batch_size'))} schedule={fmt(cfg.get('schedule'))} "
+          f"gamma={fmt(cfg.get('gamma'))} a={fmt(cfg.get('shift'))} "
+          f"averaging={fmt(cfg.get('averaging'))} l2={fmt(cfg.get('l2'))} seed={fmt(cfg.get('seed'))}")
+    rows = min((len(v) for v in m.values()), default=0)
+    if rows:
+        last = {k: v[rows - 1] for k, v in m.items()}
+        print(f"  {rows} evaluation points; last: epoch {fmt(last.get('epoch'), '.3f')}, "
+              f"f(xbar) {fmt(last.get('loss_xbar'), '.8g')}, "
+              f"f(xbar)-f* {fmt(last.get('subopt_xbar'), '.3e')}, "
+              f"f(x)-f* {fmt(last.get('subopt_x'), '.3e')}, "
+              f"accuracy {fmt(last.get('acc_xbar'), '.4f')}")
+        up, down, samples = (last.get(k) for k in ("bytes_up", "bytes_down", "samples"))
+        if None not in (up, down, samples):
+            print(f"  traffic: {up / 1e6:.3f} MB up, {down / 1e6:.3f} MB down, "
+                  f"{up / max(1.0, samples):.2f} bytes up per sample; "
+                  f"wall {fmt(last.get('wall_time'), '.2f')} s")
     if run["timing"] is not None:
         cols, secs = run["timing"]["columns"], run["timing"]["seconds"]
         print("  seconds per rank: " + "  ".join(f"{c:>13s}" for c in cols))

@@ -23,10 +23,11 @@ from .compressors import make_compressor
 from .config import resolve
 from .engine import (TIMING_COLUMNS, RoundRule, ShardData, WorkerState, eval_rounds,
                      make_averager, total_rounds, xbar_of)
-from .errors import MpimemError, report
-from .metrics import eval_point, shard_sums
+from .errors import MpimemError, at_abort, fault_point, report
+from .metrics import eval_point, negative_gap, shard_sums
 from .model import Replica
-from .runfile import RunWriter
+from .runfile import RunWriter, check_run_path, new_run_id
+from .signals import immediate
 
 TAG_UP = 11
 
@@ -43,7 +44,7 @@ def agree(comm, fn):
     first = next((e for e in errors if e), None)
     if first is not None:
         if comm.Get_rank() == 0:
-            raise MpimemError(first)
+            raise MpimemError(first, agreed=True)
         raise SystemExit(2)
     return result
 
@@ -80,6 +81,7 @@ class Run:
         self.fstar = self.meta.fstar_for(self.cfg.lam)
         self.comp = make_compressor(cfg.compressor, self.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
         self.rule = RoundRule(self.cfg, self.d, self.workers, self.comp)
+        fault_point("warm-up", self.rank)
         self.rule.warm_up(self.meta.storage == "dense", np.dtype(self.meta.dtype))
         self.rounds = total_rounds(self.cfg, self.n, self.workers)
         self.evals = eval_rounds(self.cfg, self.n, self.workers, self.rounds)
@@ -88,7 +90,9 @@ class Run:
         self.down = np.zeros(4 * self.d, np.uint8)
         self.hdr = np.zeros(1, np.int64)
         self.ck, self.start_round, self.elapsed0 = None, 0, 0.0  # set by train() (checkpoints)
+        self.run_id = None          # rank 0: this run's id (mpimem.runfile), set by train()
         self.averager = None
+        self.gap_warned = False   # rank 0: negative f(xbar) - f* said once
         if self.rank == 0:
             self.averager = make_averager(self.cfg, self.d)
         if self.rank == 0 or self.peer:
@@ -154,6 +158,7 @@ class Run:
         """
         from mpi4py import MPI
 
+        fault_point("evaluate", self.rank)
         t0 = time.perf_counter()
         comm = self.comm
         if sync_replicas:
@@ -187,10 +192,24 @@ class Run:
         if row is None:
             return
         t0 = time.perf_counter()
-        writer.append(row)
+        try:
+            writer.append(row)
+        except OSError as err:  # e.g. a full disk: every rank stops at the next sync point
+            self.ck.failure = f"cannot write the run file {writer.path} ({err.strerror or err})"
         self.ck.record(row)
+        self.warn_negative_gap(row)
         self.progress(row)
         (self.ws.timing if self.worker_id else self.timing)[4] += time.perf_counter() - t0
+
+    def warn_negative_gap(self, row):
+        """Rank 0, once a run: a gap below zero means the stored f* is wrong (always said,
+        --quiet or not, on stderr)."""
+        if self.gap_warned:
+            return
+        message = negative_gap(row)
+        if message:
+            self.gap_warned = True
+            print(f"mpimem: warning: {message}", file=sys.stderr, flush=True)
 
     def progress(self, row):
         if self.cfg.quiet:
@@ -215,32 +234,37 @@ class Run:
                 self.record(self.evaluate(r, started), writer)
             if r == self.rounds:
                 break
-            if r > start and ck.boundary(r, started, r in evals) == "preempted":
+            if ck.boundary(r, started, r in evals, first=r == start) == "preempted":
                 return "preempted"
             step(r)
         ck.final(self.rounds, started)
+        fault_point("shutdown", self.rank)  # a signal from here on is ignored: the run completes
         return None
 
     def gather_final(self):
-        """Memories, replicas and timings to rank 0; checks every replica equals rank 0's x."""
-        comm = self.comm
-        if not self.worker_id:
-            payload = None
-        else:
-            payload = (self.ws.m, self.replica.z, self.replica.s, self.ws.timing)
-        parts = comm.gather(payload, root=0)
+        """Memories and timings to rank 0 by one buffer Gather into a preallocated table (no
+        pickles): rank r sends [m (d), timing, same], where same = 1 when its replica (z, s)
+        equals rank 0's, which is broadcast first. Returns (the workers' memories in worker
+        order, whether every replica equals rank 0's, each rank's timing) on rank 0."""
+        comm, d = self.comm, self.d
+        ref = np.append(self.replica.z, self.replica.s)
+        comm.Bcast(ref, root=0)
+        row = np.zeros(d + len(TIMING_COLUMNS) + 1)
+        if self.worker_id:
+            row[:d] = self.ws.m
+        row[d:-1] = self.ws.timing if self.worker_id else self.timing
+        row[-1] = np.array_equal(self.replica.z, ref[:d]) and self.replica.s == ref[d]
+        table = np.empty((comm.Get_size(), row.size)) if self.rank == 0 else None
+        comm.Gather(row, table, root=0)
         if self.rank != 0:
             return None
-        parts = [p for p in parts if p is not None]  # the workers, in worker order
-        memories = np.array([p[0] for p in parts])
-        identical = all(np.array_equal(p[1], self.replica.z) and p[2] == self.replica.s
-                        for p in parts)
-        timing = np.array(([] if self.worker_id else [self.timing]) + [p[3] for p in parts])
-        return memories, identical, timing
+        memories = table[0 if self.peer else 1:, :d]
+        return memories, bool(table[:, -1].all()), table[:, d:-1]
 
     def attrs(self):
         from mpi4py import MPI
 
+        fault_point("attrs", self.rank)
         hosts = self.comm.gather(socket.gethostname(), root=0)
         return {
             "config": self.cfg.to_json(),
@@ -293,17 +317,18 @@ def train(cfg, explicit=()) -> int:
         def find():
             if comm.Get_rank() != 0:
                 return None
-            found, notes = CK.locate(cfg.resume)
+            found, notes, run_file = CK.locate(cfg.resume)
             for note in notes:
-                print(f"mpimem train: skipping a damaged checkpoint: {note}", file=sys.stderr)
-            print(f"mpimem train: resuming from {found['path']} (round "
-                  f"{found['attrs']['round']})", file=sys.stderr, flush=True)
-            return found
+                print(f"mpimem train: skipping a checkpoint: {note}", file=sys.stderr)
+            return dict(found, run_file=run_file)
         ckpt = agree(comm, find)
-        head = comm.bcast(dict(ckpt["attrs"], path=ckpt["path"]) if ckpt else None, root=0)
+        head = comm.bcast(dict(ckpt["attrs"], path=ckpt["path"], resume_run_file=ckpt["run_file"])
+                          if ckpt else None, root=0)
         cfg = agree(comm, lambda: CK.resume_config(head, cfg, explicit, comm.Get_size() - 1))
     run = agree(comm, lambda: Run(comm, cfg))
     sync = run.cfg.mode == "sync" and run.cfg.topology == "server"
+    if not sync:  # no sync points to stop at: a signal stops this run at once (mpimem.signals)
+        immediate(run.rank)
 
     def setup():
         if not sync and ({"checkpoint_every", "resume"} & set(explicit) or cfg.resume):
@@ -311,46 +336,60 @@ def train(cfg, explicit=()) -> int:
                               f"server, not --mode {run.cfg.mode} --topology {run.cfg.topology}")
         if cfg.resume:
             CK.check_compatible(run, head)
+        if run.rank == 0:  # the output path, before anything is created
+            run.run_id = str(head.get("run_id", "")) if cfg.resume else new_run_id()
+            check_run_path(run.cfg.out, run.cfg.overwrite, run.run_id if cfg.resume else None)
         every = run.cfg.checkpoint_every or CK.DEFAULT_EVERY
         run.ck = CK.Checkpointing(run, every, run.cfg.keep_checkpoints, enabled=sync)
     agree(comm, setup)
+    if cfg.resume and run.rank == 0:
+        print(f"mpimem train: resuming from {head['path']} (round {head['round']}); writing "
+              f"{os.path.abspath(run.cfg.out)}" + (f" and {CK.checkpoint_dir(run.cfg.out)}/"
+                                                   if run.ck.enabled else ""),
+              file=sys.stderr, flush=True)
     if ckpt is not None or cfg.resume:
         run.start_round, run.elapsed0 = run.ck.restore(ckpt)
-    attrs = run.attrs()
+    attrs = dict(run.attrs(), run_id=str(run.run_id))
     if run.ck.enabled:
         attrs["checkpoint_dir"] = CK.checkpoint_dir(run.cfg.out)
     resume_rows = run.ck.metrics_so_far() if cfg.resume and run.rank == 0 else None
-    writer = agree(comm, lambda: RunWriter(run.cfg.out, attrs, resume=resume_rows)
-                   if run.rank == 0 else None)
+    writer = agree(comm, lambda: RunWriter(run.cfg.out, attrs, resume=resume_rows,
+                                           replace=run.cfg.overwrite) if run.rank == 0 else None)
+    if writer is not None:  # a failure of any rank from here on marks the run file failed
+        at_abort(lambda message: writer.finish("failed", error=message))
     if run.rank == 0 and not run.cfg.quiet:
         print(f"mpimem train: {run.workers} workers, {run.comp.name}"
               f"{' k=%d' % run.cfg.k if run.comp.name in ('top_k', 'rand_k') else ''}, "
               f"memory {'on' if run.rule.memory else 'off'}, n={run.n} d={run.d}, "
               f"{run.rounds} rounds of b={run.cfg.batch_size} -> {run.cfg.out}", flush=True)
+    for note in run.cfg.extra.get("notes", []) if run.rank == 0 else ():  # settings chosen for the user
+        print(f"mpimem train: note: {note}", file=sys.stderr, flush=True)
     try:
         outcome = select_loop(run.cfg)(run, writer)
         final = run.gather_final() if outcome != "preempted" else None
     except CK.CollectiveStop as stop:  # every rank stops here together (NaN, checkpoint I/O)
         if run.rank == 0:
-            report(stop)
-            writer.finish("failed", error=str(stop))
+            message = str(stop)
+            try:
+                writer.finish("failed", error=message)
+            except MpimemError as err:  # the disk refused even that: one line says both
+                message = f"{message}; {err}"
+            report(message)
         return stop.status
-    except Exception as exc:  # one failing rank must end the whole job, not deadlock it
-        report(f"rank {run.rank}: {type(exc).__name__}: {exc}")
-        if writer is not None:
-            writer.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        sys.stderr.flush()
-        comm.Abort(1)
     if outcome == "preempted":
+        agree(comm, lambda: run.rank == 0 and writer.finish(
+            "preempted", extra_attrs={"preempted_round": run.ck.stopped_at}))
         if run.rank == 0:
-            writer.finish("preempted", extra_attrs={"preempted_round": run.ck.stopped_at})
             print(f"mpimem train: stopped by a signal at round {run.ck.stopped_at}; checkpoint "
                   f"{run.ck.last_path}; resume with: mpimem train --resume {run.cfg.out} "
                   f"(exit {CK.EX_TEMPFAIL})", file=sys.stderr, flush=True)
         return CK.EX_TEMPFAIL
-    if run.rank == 0:
-        memories, identical, timing = final
-        writer.finish("complete", x=run.replica.x(), xbar=xbar_of(run.replica, run.averager),
-                      memories=memories, timing=timing, timing_columns=TIMING_COLUMNS,
-                      extra_attrs={"replicas_identical": identical})
+
+    def complete():  # every rank exits 2 if the disk refuses the final run file
+        if run.rank == 0:
+            memories, identical, timing = final
+            writer.finish("complete", x=run.replica.x(), xbar=xbar_of(run.replica, run.averager),
+                          memories=memories, timing=timing, timing_columns=TIMING_COLUMNS,
+                          extra_attrs={"replicas_identical": identical})
+    agree(comm, complete)
     return 0

@@ -9,6 +9,29 @@ from dataclasses import dataclass
 SCHEDULES = ("decay", "bottou", "constant")
 AVERAGINGS = ("quadratic", "uniform", "none")
 
+# The steps used when neither --schedule nor --gamma is given, per operator: (schedule, gamma)
+# with memory, and without memory. The paper's settings where it has them (decay gamma = 2 for
+# top-k and plain SGD, Experiment 1; bottou gamma = 1 for rand-k, Experiment 3, and for the
+# memory-less QSGD baselines, Experiment 2); the rest measured with mpimem.simulate on
+# epsilon-like and RCV1-like sets, b = 1 and 16 (docs/design.md "Default steps"). The shift a
+# defaults to 1/delta rounds for a delta-contraction (mpimem.config.contraction_rounds).
+DEFAULT_STEPS = {
+    "none": (("decay", 2.0), ("decay", 2.0)),
+    "top_k": (("decay", 2.0), ("decay", 2.0)),
+    "rand_k": (("bottou", 1.0), ("bottou", 1.0)),
+    "qsgd": (("decay", 2.0), ("bottou", 1.0)),
+    "ternary": (("decay", 2.0), ("bottou", 0.1)),
+    "sign": (("decay", 2.0), ("decay", 2.0)),
+}
+ASYNC_DEFAULT_STEPS = ("bottou", 1.0)   # --mode async: the paper's asynchronous setting (Exp. 3)
+DEFAULT_GAMMA = {"decay": 2.0, "bottou": 1.0, "constant": 2.0}   # --schedule given, no --gamma
+
+
+def default_steps(compressor: str, memory: bool) -> tuple:
+    """(schedule, gamma) for `compressor` with or without memory when the user sets neither."""
+    with_memory, without = DEFAULT_STEPS[compressor]
+    return with_memory if memory else without
+
 
 @dataclass(frozen=True)
 class StepSchedule:

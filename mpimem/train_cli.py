@@ -11,7 +11,7 @@ def register(sub) -> None:
                        description="Train L2-regularised logistic regression with compressed, "
                                    "error-feedback SGD. Launch: mpiexec -n W+1 mpimem train DATA.h5")
     p.add_argument("data", nargs="?", help="mpimem data set (HDF5, see `mpimem data`); "
-                   "optional with --resume")
+                   "optional with --resume or with `data = ...` in the --config file")
     p.add_argument("--out", help="run file to write (default RUN.h5)")
     p.add_argument("--config", help="TOML file with settings; options given here override it")
     g = p.add_argument_group("compression")
@@ -26,14 +26,21 @@ def register(sub) -> None:
     g.add_argument("--epochs", type=float, help="passes over the data (default 1)")
     g.add_argument("--samples", type=int, help="sample budget instead of --epochs")
     g.add_argument("--batch-size", type=int, help="local mini-batch b per worker and round (default 1)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="decay gamma/(lam(t+a)) (default), "
-                   "bottou gamma/(1+gamma lam t), constant gamma")
-    g.add_argument("--gamma", type=float, help="step-size constant (default 2)")
-    g.add_argument("--shift", help="shift a of the decay schedule and weights: a number or 'd/k', '5d/k' (default d/k)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="decay gamma/(lam(t+a)), bottou "
+                   "gamma/(1+gamma lam t), constant gamma (default per operator: bottou for "
+                   "rand_k and for qsgd/ternary without memory, decay otherwise; bottou under "
+                   "--mode async)")
+    g.add_argument("--gamma", type=float, help="step-size constant (default per operator: 2 with "
+                   "decay, 1 with bottou, 0.1 for ternary without memory)")
+    g.add_argument("--shift", help="shift a of the decay schedule and weights: a number of "
+                   "samples or 'd/k', '5d/k' rounds (default 1/delta rounds: d/k for top_k/rand_k, "
+                   "1+beta for qsgd/ternary, 1+sqrt(d) for sign, 1 for none)")
     g.add_argument("--averaging", choices=AVERAGINGS, help="weights of xbar: quadratic (a+t)^2 (default), uniform, none")
     g.add_argument("--lam", type=float, help="L2 regularisation lambda (default 1/n)")
-    g.add_argument("--l2", choices=L2_PLACEMENTS, help="where the L2 term acts: server (fast, "
-                   "default) or worker (paper-exact, inside the compressed vector)")
+    g.add_argument("--l2", choices=L2_PLACEMENTS, help="where the L2 term acts: worker "
+                   "(default; the paper's Algorithm 1: lam x goes through the compressor and the "
+                   "memory, O(d) per round) or server (the fast path: the L2 shrink applied "
+                   "exactly on the iterate, per-round cost grows with nnz and k, not d)")
     g = p.add_argument_group("system")
     g.add_argument("--mode", choices=MODES, help="sync (default) or async: the server applies "
                    "each worker's message as it arrives (docs/scaling.md)")
@@ -51,6 +58,9 @@ def register(sub) -> None:
                    help="checkpoint every N rounds or every T seconds ('500', '30s', '5m'; "
                         "'off' for none; default 60s); a final checkpoint is always written")
     g.add_argument("--keep-checkpoints", type=int, metavar="K", help="checkpoints kept (default 2)")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing run file and discard the checkpoints of its run "
+                        "in RUN.ckpt/ (without it an existing --out is refused)")
     g.add_argument("--resume", metavar="RUN.h5|CKPT.h5",
                    help="continue an interrupted run from its newest valid checkpoint "
                         "(settings come from the checkpoint)")
@@ -61,10 +71,10 @@ def run(args) -> int:
     from .mpirun import train
 
     cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
-    if not args.data and not args.resume:
+    cfg = merge(cli, args.config)
+    if not cfg.data and not cfg.resume:
         from .errors import MpimemError
         raise MpimemError("train: the data set is required (or --resume RUN.h5)")
-    cfg = merge(cli, args.config)
     explicit = {k for k, v in cli.items() if v is not None}   # what --resume must honour
     if args.config:
         explicit |= set(load_toml(args.config))

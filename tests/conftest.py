@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,19 @@ def run_mpi(nranks, args, timeout=180, check=False, **kw):
     mpimem checks that the world it finds has exactly NRANKS ranks (MPIMEM_EXPECT_RANKS)."""
     kw["env"] = {"MPIMEM_EXPECT_RANKS": str(nranks), **kw.get("env", {})}
     return run([MPIEXEC, "-n", str(nranks), *mpimem_cmd(*args)], timeout=timeout, check=check, **kw)
+
+
+def launch_mpi(nranks, args, env=None, kill_after=240):
+    """`mpiexec -n NRANKS python -m mpimem ARGS` in the background (stdout, stderr: text pipes),
+    killed after `kill_after` s so that a hang fails the test instead of hanging CI."""
+    cmd = [MPIEXEC, "-n", str(nranks), *mpimem_cmd(*args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1",
+                                     MPIMEM_EXPECT_RANKS=str(nranks), **(env or {})))
+    watchdog = threading.Timer(kill_after, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    return proc
 
 
 def run_cli(args, timeout=120, check=False, **kw):

@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from analysis.load import convergence_flag
+from conftest import ROOT, run, run_mpi
 
 PY = str(Path(__import__("sys").executable))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +33,7 @@ def _study(tmp, study, **env):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analysis")
-    _study(tmp, "qsgd", N=400, D=20, EPOCHS=2, EVAL_EVERY=0.25, METHODS="top-1 QSGD-8bit")
+    _study(tmp, "qsgd", N=400, D=20, EPOCHS=2, EVAL_EVERY=0.25, METHODS="top-1 QSGD-s256")
     _study(tmp, "theory", N=400, D=20, EPOCHS=1, EVAL_EVERY=0.25, DATASETS="epsilon",
            METHODS="top-1")
     _study(tmp, "scaling", N=400, D=20, EPOCHS=1, EVAL_EVERY=0.25, DATASETS="epsilon",
@@ -104,12 +105,12 @@ def test_table_matches_hdf5(results, tmp_path):
     for f in qsgd:
         with h5py.File(f, "r") as h:
             comp = json.loads(h.attrs["config"])["compressor"]
-        label = "QSGD-8bit" if comp == "qsgd" else "top-1"
+        label = "QSGD-s256" if comp == "qsgd" else "top-1"
         m = _h5(f)
         mb[label] = _crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt)
-    ratio = float(by[("qsgd", "QSGD-8bit", "1")]["bits_ratio_vs_top-1"]["value"])
-    assert ratio == pytest.approx(mb["QSGD-8bit"] / mb["top-1"])
-    assert "bits to target" in proc.stdout
+    ratio = float(by[("qsgd", "QSGD-s256", "1")]["bits_ratio_vs_top-1"]["value"])
+    assert ratio == pytest.approx(mb["QSGD-s256"] / mb["top-1"])
+    assert "QSGD s=256 (10 bits/entry) / top-1:" in proc.stdout and "bits to target" in proc.stdout
     # speed-up of rand-10 at W=2 = T(1)/T(2) from the files
     speed = [r for r in rows if r["quantity"] == "speedup" and r["workers"] == "2"]
     t = {r["workers"]: float(r["value"]) for r in rows if r["quantity"] == "time_to_target_s"}
@@ -146,3 +147,64 @@ def test_corrupt_file_is_named_not_mixed_in(results, tmp_path):
     assert str(bad) in md and "unreadable" in md and str(half) in md and "running" in md
     files = {r["file"] for r in _rows(out)}
     assert str(bad) not in files and str(half) not in files
+
+
+def test_qsgd_levels_and_bits_are_what_was_sent(results):
+    """Study 2 runs the paper's s = 256 levels, and the 10 bits/entry its label claims are the
+    bytes in the run file: every round one message of a float32 norm + ceil(d 10 / 8) bytes."""
+    (f,) = [f for f in results.rglob("RUN.h5")
+            if json.loads((f.parent / "meta.json").read_text())["label"] == "QSGD-s256"]
+    with h5py.File(f, "r") as h:
+        cfg, d = json.loads(h.attrs["config"]), int(h.attrs["d"])
+        rounds, sent = h["metrics/round"][()], h["metrics/bytes_up"][()]
+    assert cfg["levels"] == 256 and d == 20
+    assert np.array_equal(sent, rounds * (4 + math.ceil(d * 10 / 8)))
+    out = results.parent / "fig-bits"
+    assert _figures(results, out).returncode == 0
+    (row,) = [r for r in _rows(out) if r["quantity"] == "bits_per_entry"]
+    assert row["method"] == "QSGD-s256" and row["value"] == "10"
+
+
+def test_diverged_run_is_named_and_left_out(results, tmp_path):
+    """A complete run whose f(xbar) ends above its start (rand-2 with decay steps gamma = 2,
+    a = d/k, the old defaults, for 0.3 epochs) used to set the default target to the starting
+    loss: every crossing at 0 MB and a ZeroDivisionError in the bits ratio. Now it is named on
+    stderr, flagged in the tables and left out of every number."""
+    tree = tmp_path / "results"
+    shutil.copytree(results, tree)
+    bad = tree / "qsgd" / "t" / "7" / "RUN.h5"
+    bad.parent.mkdir()
+    data = next((results.parent / "data").glob("synth-epsilon-n400-d20-*.h5"))
+    run_mpi(2, ["train", data, "--compressor", "rand_k", "--k", "2", "--epochs", "0.3",
+                "--schedule", "decay", "--gamma", "2", "--shift", "d/k", "--l2", "worker",
+                "--out", bad, "--quiet"], check=True)
+    loss = _h5(bad)["loss_xbar"]
+    assert loss[-1] > loss[0]                      # the premise: it did not make progress
+    out = tmp_path / "fig"
+    proc = _figures(tree, out)
+    assert proc.returncode == 0, proc.stderr
+    named = [ln for ln in proc.stderr.splitlines() if str(bad) in ln]
+    assert len(named) == 1 and "diverged" in named[0], proc.stderr
+    rows = [r for r in _rows(out) if r["study"] == "qsgd"]
+    mine = [r for r in rows if r["file"] == str(bad)]
+    assert [(r["quantity"], r["flag"]) for r in mine] == [("final_loss_xbar", "diverged")]
+    # the target and the ratio rest on the two runs that made progress, as before
+    good = [f for f in tree.rglob("RUN.h5") if "/qsgd/" in str(f) and f != bad]
+    tgt = max(np.min(_h5(f)["loss_xbar"]) for f in good)
+    assert {float(r["value"]) for r in rows if r["quantity"] == "target_loss"} == {tgt}
+    (ratio,) = [float(r["value"]) for r in rows if r["quantity"].startswith("bits_ratio")]
+    assert math.isfinite(ratio) and ratio > 0
+    md = (out / "summary.md").read_text()
+    assert f"| {bad} | qsgd | rand-2 | complete | diverged:" in md and "| DIVERGED |" in md
+
+
+@pytest.mark.parametrize("loss, flag", [
+    ([0.69, 0.5, 0.4], ""),
+    ([0.69, 0.9, 0.6], ""),                      # worse at first, below the start at the end
+    ([0.69, 0.69, 0.7, 0.69], "flat"),           # never below the start
+    ([0.69, 0.5, 0.8], "diverged"),              # ends above the start
+    ([0.69, 0.5, float("nan")], "diverged"),
+    ([0.69], "flat"),
+])
+def test_convergence_flag(loss, flag):
+    assert convergence_flag(loss).split(":")[0] == flag

@@ -2,6 +2,7 @@
 refusals (workers, data set, settings), unwritable / full checkpoint directory."""
 import os
 import shutil
+import sys
 
 import h5py
 import numpy as np
@@ -86,7 +87,7 @@ def test_damaged_checkpoint_refused_and_older_one_used(tmp_path, damage):
             h5.attrs["round"] = 150
     with pytest.raises(MpimemError, match="damaged"):
         CK.load(str(newest))
-    found, notes = CK.locate(str(tmp_path / "c"))
+    found, notes, _ = CK.locate(str(tmp_path / "c"))
     assert found["attrs"]["round"] == 100 and len(notes) == 1 and "ckpt-000000200" in notes[0]
 
 
@@ -100,7 +101,8 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------- resume under MPI
 CASES = [
-    ("rcv", 2, ["--compressor", "top_k", "--k", "10", "--epochs", "1.5"], 200, 400),  # threshold-pool path
+    ("rcv", 2, ["--compressor", "top_k", "--k", "10", "--l2", "server", "--epochs", "1.5"], 200,
+     400),                                                                       # threshold-pool path
     ("eps", 3, ["--compressor", "qsgd", "--bits", "4", "--averaging", "uniform",
                 "--epochs", "2"], 100, 200),                                         # rng_quant
     ("rcv", 2, ["--compressor", "rand_k", "--k", "5", "--l2", "worker", "--batch-size", "2",
@@ -188,3 +190,119 @@ def test_checkpoints_refused_for_async(rcv, tmp_path):
                  check=False)
     assert proc.returncode == 2
     assert "support only --mode sync" in proc.stderr and proc.stderr.count("mpimem: error") == 1
+
+
+# ---------------------------------------------------------------------- no lost runs
+def test_pruning_keeps_verified_checkpoints_and_never_the_newest(tmp_path):
+    """A damaged and a foreign checkpoint with high round numbers are neither counted as kept
+    nor deleted; the good checkpoints of this run written after them survive."""
+    directory = tmp_path / "c"
+    writer = CK.CheckpointWriter(str(directory), 2, run_id="this")
+    other = CK.CheckpointWriter(str(tmp_path / "other"), 2, run_id="other")
+    state = ({"z": np.zeros(5), "s": np.float64(1.0)}, [{"m": np.ones(5)}], {"round": [0.0]})
+
+    def write(w, r):
+        return w.write({"round": r, "workers": 1, "config": "{}", "elapsed": 1.0}, *state)
+
+    write(writer, 100)
+    (directory / "ckpt-000050000.h5").write_bytes(b"damaged")
+    shutil.copy(write(other, 40000), directory)
+    write(writer, 200)
+    write(writer, 300)
+    names = sorted(os.listdir(directory))
+    assert names == ["ckpt-000000200.h5", "ckpt-000000300.h5", "ckpt-000040000.h5",
+                     "ckpt-000050000.h5"]
+    assert CK.load(str(directory / "ckpt-000000300.h5"))["attrs"]["run_id"] == "this"
+    writer.keep = 1
+    write(writer, 400)  # the checkpoint just written is never the one deleted
+    assert sorted(os.listdir(directory))[0] == "ckpt-000000400.h5"
+    assert not (directory / "ckpt-000000300.h5").exists()
+
+
+DRIVER = """
+import json, os, pickle, sys
+from mpi4py import MPI
+largest = [0]
+def dumps(obj, *protocol):
+    data = pickle.dumps(obj, *protocol)
+    largest[0] = max(largest[0], len(data))
+    return data
+MPI.pickle.__init__(dumps, pickle.loads)
+from mpimem.cli import main
+status = main(sys.argv[2:])
+with open(os.path.join(sys.argv[1], f"rank{MPI.COMM_WORLD.Get_rank()}"), "w") as fh:
+    fh.write(str(largest[0]))
+sys.exit(status)
+"""
+
+
+def test_no_d_vector_is_pickled(rcv, tmp_path):
+    """The final gather and the checkpoint gather/scatter move arrays as buffers: the largest
+    pickle any rank makes (during training with checkpoints, and a resume) is far below one
+    d-vector (d = 3000: 24,000 bytes)."""
+    from conftest import MPIEXEC, run
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    out = tmp_path / "run.h5"
+    launches = [["train", rcv, "--out", out, "--epochs", "0.5", "--checkpoint-every", "100",
+                 "--keep-checkpoints", "9"],
+                ["train", "--resume", tmp_path / "run.ckpt" / "ckpt-000000200.h5", "--out", out]]
+    for i, args in enumerate(launches):
+        sizes = tmp_path / f"sizes{i}"
+        sizes.mkdir()
+        run([MPIEXEC, "-n", "3", sys.executable, driver, sizes, *args, "--quiet"], timeout=180,
+            check=True, env={"MPIMEM_EXPECT_RANKS": "3"})
+        largest = [int((sizes / f"rank{r}").read_text()) for r in range(3)]
+        assert max(largest) < 3000 * 8 / 4, largest
+    assert read_run(out)["attrs"]["status"] == "complete"
+
+
+def test_resume_of_a_copied_run_writes_the_copy_only(done_run, tmp_path):
+    """--resume COPY.h5 continues COPY.h5 with COPY.ckpt/, says so, and leaves the original
+    run (whose path the checkpoints record) untouched; the result is bit-identical."""
+    src_ckpt = CK.checkpoint_dir(done_run)
+    before = {p: open(p, "rb").read() for p in [str(done_run)] + CK.list_checkpoints(src_ckpt)}
+    copy = tmp_path / "copy.h5"
+    shutil.copy(done_run, copy)
+    shutil.copytree(src_ckpt, tmp_path / "copy.ckpt")
+    os.remove(tmp_path / "copy.ckpt" / "ckpt-000000300.h5")  # continue from round 200
+    proc = run_mpi(3, ["train", "--resume", copy, "--quiet"], timeout=180, check=True)
+    assert f"writing {copy} and {tmp_path / 'copy.ckpt'}/" in proc.stderr
+    assert {p: open(p, "rb").read() for p in before} == before
+    assert sorted(os.listdir(src_ckpt)) == ["ckpt-000000200.h5", "ckpt-000000300.h5"]
+    assert read_run(copy)["attrs"]["resumed"] == 1
+    same_final(done_run, copy)
+
+
+def test_checkpoints_of_another_run_are_refused(done_run, rcv, tmp_path):
+    other = tmp_path / "other.h5"
+    train(3, rcv, other, "--epochs", "0.2", "--k", "4", "--checkpoint-every", "off")
+    foreign = CK.list_checkpoints(CK.checkpoint_dir(done_run))[0]
+    proc = run_mpi(3, ["train", "--resume", foreign, "--out", other, "--quiet"], timeout=120)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpimem: error")]
+    assert proc.returncode == 2 and len(err) == 1 and "belongs to another run" in err[0], proc.stderr
+    os.mkdir(tmp_path / "other.ckpt")
+    shutil.copy(foreign, tmp_path / "other.ckpt")
+    proc = run_mpi(3, ["train", "--resume", other, "--quiet"], timeout=120)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpimem: error")]
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert "no valid checkpoint of this run" in err[0] and "belongs to another run" in err[0]
+    assert read_run(other)["attrs"]["status"] == "complete" and "resumed" not in \
+        read_run(other)["attrs"]
+
+
+def test_new_run_never_inherits_checkpoints(done_run, rcv, tmp_path):
+    out = tmp_path / "run.h5"
+    shutil.copy(done_run, out)
+    shutil.copytree(CK.checkpoint_dir(done_run), tmp_path / "run.ckpt")
+    opts = ["--epochs", "0.2", "--k", "4"]
+    proc = train(3, rcv, out, *opts, check=False)  # an existing run file is never replaced
+    assert proc.returncode == 2 and "the run file exists; give --overwrite" in proc.stderr
+    os.remove(out)                                 # a run file gone, its checkpoints left
+    proc = train(3, rcv, out, *opts, check=False)
+    assert proc.returncode == 2 and "checkpoint(s) of another run" in proc.stderr
+    assert proc.stderr.count("mpimem: error") == 1 and not out.exists()
+    train(3, rcv, out, *opts, "--overwrite", "--checkpoint-every", "off")
+    assert CK.list_checkpoints(tmp_path / "run.ckpt") == []  # the old run's are gone
+    proc = run_mpi(3, ["train", "--resume", out, "--quiet"], timeout=120)
+    assert proc.returncode == 2 and "no checkpoints" in proc.stderr

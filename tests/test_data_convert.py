@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp

@@ -76,7 +76,8 @@ def test_shard_reads_only_its_block(sets, name):
         np.testing.assert_array_equal(shard.y, whole.y[rows])
         # at most one partial chunk at each end of each dataset, plus metadata
         allowance = 2 * sum(chunks) + 64 * 1024
-        assert block_bytes / 4 < counter.bytes_read <= block_bytes + shard.y.size + allowance
+        labels_and_checksums = 9 * shard.y.size
+        assert block_bytes / 4 < counter.bytes_read <= block_bytes + labels_and_checksums + allowance
         total = sum(chunks) * 4 + block_bytes * parts
         assert counter.bytes_read < total / 2
 
@@ -126,7 +127,7 @@ def test_synth_shape_norms_determinism(tmp_path, like, d, density):
     synthesize(tmp_path / "c.h5", like, n=5000, seed=7, d=d)
     synthesize(tmp_path / "d.h5", like, n=4200, seed=8, d=d)
     a, b, c, other = (read_shard(tmp_path / f"{k}.h5") for k in "abcd")
-    meta = read_meta(tmp_path / "a.h5")
+    meta = read_meta(tmp_path / "a.h5", labels=True)
     assert (meta.n, meta.d, meta.dtype) == (4200, d, "float32")
     assert meta.density == pytest.approx(density, rel=0.15)
     assert 0.3 < meta.n_positive / meta.n < 0.7
@@ -147,8 +148,8 @@ def test_info_prints_shape_balance_and_optimum(sets, tmp_path):
     synthesize(path, "rcv1", n=400, d=300, seed=1)
     run_cli(["data", "optimum", path, "--lam", "0.01"], check=True)
     out = run_cli(["data", "info", path], check=True).stdout
-    meta = read_meta(path)
-    assert f"n: 400" in out and "d: 300" in out and f"+1: {meta.n_positive}" in out
+    meta = read_meta(path, labels=True)
+    assert "n: 400" in out and "d: 300" in out and f"+1: {meta.n_positive}" in out
     assert "lambda: 0.01" in out and f"f*: {meta.fstar:.17g}" in out
     assert meta.fstar_for(0.01) == meta.fstar and meta.fstar_for(0.0100001) is None
     assert isinstance(read_shard(path).X, sp.csr_matrix)

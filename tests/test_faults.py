@@ -1,16 +1,16 @@
 """Faults (docs/checkpoints.md, "what survives what"): a worker killed with SIGKILL, rank 0 dying
 while it writes a checkpoint, preemption by SIGUSR1/SIGTERM, a diverging (NaN) run. After each,
-`--resume` finishes the run bit-identical to an uninterrupted run with the same seed."""
+`--resume` finishes the run bit-identical to an uninterrupted run with the same seed. And an
+exception on one rank anywhere in a run ends every rank (docs/checkpoints.md, "Signals")."""
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, mpimem_cmd, run_mpi
+from conftest import launch_mpi, run_mpi
 from mpimem import checkpoint as CK
 from mpimem.runfile import read_run
 
@@ -25,28 +25,34 @@ def reference(rcv, tmp_path_factory):
     return read_run(out)
 
 
+def launch(args, env=None):
+    """mpiexec -n 3 mpimem ARGS in the background, killed after 240 s (conftest.launch_mpi)."""
+    return launch_mpi(3, args, env)
+
+
 def start(rcv, out, *extra, env=None, quiet=True):
     opts = OPTS if quiet else [o for o in OPTS if o != "--quiet"]
-    cmd = [MPIEXEC, "-n", "3", *mpimem_cmd("train", rcv, "--out", out, *opts, *extra)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", MPIMEM_EXPECT_RANKS="3",
-                                     **(env or {})))
-    watchdog = threading.Timer(240, proc.kill)  # a hang fails the test instead of CI
-    watchdog.daemon = True
-    watchdog.start()
-    return proc
+    return launch(["train", rcv, "--out", out, *opts, *extra], env)
 
 
-def wait_for_checkpoints(proc, directory, count, timeout=120):
+def wait_until(proc, ready, what, timeout=120):
+    """Poll ready() until it is true; fail if the job ends first or after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.isdir(directory) and len(CK.list_checkpoints(directory)) >= count:
+        if ready():
             return
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {count} checkpoint(s)")
+            pytest.fail(f"the job ended (exit {proc.returncode}) before {what}: "
+                        f"{proc.stderr.read()}")
         time.sleep(0.05)
     proc.kill()
-    pytest.fail(f"no {count} checkpoint(s) in {directory} after {timeout}s")
+    pytest.fail(f"not {what} after {timeout}s")
+
+
+def wait_for_checkpoints(proc, directory, count):
+    wait_until(proc, lambda: os.path.isdir(directory) and
+               len(CK.list_checkpoints(directory)) >= count,
+               f"{count} checkpoint(s) in {directory}")
 
 
 def finish(proc, timeout=60):
@@ -134,3 +140,51 @@ def test_nan_loss_stops_with_the_round(rcv, tmp_path):
     assert read_run(out)["attrs"]["status"] == "failed"
     for path in CK.list_checkpoints(tmp_path / "run.ckpt"):  # only finite states were saved
         assert np.isfinite(CK.load(path)["server"]["z"]).all()
+
+
+def launch_until_error(args, env):
+    """mpiexec -n 3 mpimem ARGS; returns (exit status, stderr, seconds from the first error line
+    on stderr to the end of the job)."""
+    proc = launch(args, env)  # --quiet: nothing on stdout
+    lines, failed_at = [], None
+    for line in proc.stderr:
+        lines.append(line)
+        if failed_at is None and line.startswith("mpimem: error:"):
+            failed_at = time.monotonic()
+    proc.wait()
+    assert failed_at is not None, "".join(lines)
+    return proc.returncode, "".join(lines), time.monotonic() - failed_at
+
+
+@pytest.fixture(scope="module")
+def checkpointed(rcv, tmp_path_factory):
+    """A complete checkpointed run; the resume cases fail before they write anything to it."""
+    out = tmp_path_factory.mktemp("ckpt") / "run.h5"
+    run_mpi(3, ["train", rcv, "--out", out, "--epochs", "1", "--quiet", "--checkpoint-every",
+                "200"], timeout=180, check=True)
+    return out
+
+
+@pytest.mark.parametrize("place,rank,resume", [
+    ("write_pidfile", 1, False), ("attrs", 1, False), ("evaluate:3", 2, False),
+    ("evaluate:3", 0, False), ("restore", 0, True), ("metrics_so_far", 0, True)],
+    ids=["write_pidfile", "attrs", "worker-mid-loop", "rank0-mid-loop", "restore",
+         "metrics_so_far"])
+def test_one_failing_rank_ends_the_job(rcv, checkpointed, tmp_path, place, rank, resume):
+    """An exception on one rank outside the agreed set-up (MPIMEM_FAULT=raise-at:PLACE:RANK)
+    ends every rank within 10 s: one line from the failing rank, exit != 0, and the run file,
+    if rank 0 failed after creating it, says "failed". Old code: the other ranks waited in
+    their next collective forever (no fault hook then: these runs would have completed)."""
+    out = checkpointed if resume else tmp_path / "run.h5"
+    train = ["train", "--resume", out] if resume else ["train", rcv, "--out", out, "--epochs", "1"]
+    name, _, nth = place.partition(":")
+    spec = f"raise-at:{name}:{rank}" + (f":{nth}" if nth else "")
+    rc, err, seconds = launch_until_error(train + ["--quiet"], {"MPIMEM_FAULT": spec})
+    assert rc != 0 and seconds < 10, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("mpimem: error:")]
+    assert errors == [f"mpimem: error: internal error on rank {rank}: RuntimeError: "
+                      f"injected fault at {name} (MPIMEM_FAULT)"], err
+    assert "Traceback" not in err
+    if rank == 0 and not resume and out.exists():
+        run = read_run(out)
+        assert run["attrs"]["status"] == "failed" and "injected fault" in run["attrs"]["error"]

@@ -105,16 +105,17 @@ def test_theory_job(slurm, tmp_path, data_dir):
     assert got["top-1"]["memory"] and not got["top-1-nomem"]["memory"]
     assert got["top-1"]["schedule"] == "decay" and got["top-1"]["gamma"] == 2.0
     assert got["top-1"]["averaging"] == "quadratic"
+    assert got["top-1"]["l2"] == got["top-1-nomem"]["l2"] == "worker"   # the paper's placement
 
 
 def test_qsgd_job_srun_pmi2(slurm, tmp_path, data_dir):
-    rc, out, res = sbatch(tmp_path, "qsgd", data_dir, 2, METHODS="rand-1 QSGD-4bit",
+    rc, out, res = sbatch(tmp_path, "qsgd", data_dir, 2, METHODS="rand-1 QSGD-s16",
                           LAUNCHER="srun", **TINY)
     assert rc == 0, out
     metas = check_runs(res, "qsgd", 2)
     got = {m["label"]: (m, c) for m, c in metas}
-    assert got["QSGD-4bit"][1]["gamma"] == 1.0 and got["rand-1"][1]["gamma"] == 10.0
-    assert got["QSGD-4bit"][1]["bits"] == 4 and got["rand-1"][1]["schedule"] == "bottou"
+    assert got["QSGD-s16"][1]["gamma"] == 1.0 and got["rand-1"][1]["gamma"] == 10.0
+    assert got["QSGD-s16"][1]["levels"] == 16 and got["rand-1"][1]["schedule"] == "bottou"
     assert all(m["launcher"].startswith("srun --mpi=pmi2") for m, _ in got.values())
 
 
@@ -126,6 +127,8 @@ def test_scaling_job_worker_array(slurm, tmp_path, data_dir):
     metas = check_runs(res, "scaling", 2)
     assert sorted(m["workers"] for m, _ in metas) == [1, 2]
     assert all(c["k"] == 50 and c["gamma"] == 1.0 for _, c in metas)
+    # the paper's asynchronous setting, run as the study says (no fallback)
+    assert all(c["mode"] == m["mode"] == "async" and c["l2"] == "worker" for m, c in metas)
 
 
 def test_weak_job_grows_data(slurm, tmp_path, data_dir):

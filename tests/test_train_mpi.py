@@ -34,15 +34,16 @@ def oracle(data, workers, opts):
 
 CASES = [
     ("eps", 1, dict(compressor="top_k", k=1)),
-    ("eps", 2, dict(compressor="top_k", k=3, batch_size=4)),
+    ("eps", 2, dict(compressor="top_k", k=3, batch_size=4, l2="server")),  # the fast path
     ("eps", 3, dict(compressor="qsgd", bits=4, memory=True)),
     ("eps", 4, dict(compressor="rand_k", k=2)),
     ("eps", 2, dict(compressor="top_k", k=2, l2="worker", averaging="uniform")),
-    ("rcv", 2, dict(compressor="top_k", k=10)),             # threshold-pool top-k path
+    ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),  # threshold-pool top-k path
     ("rcv", 3, dict(compressor="rand_k", k=10, memory=False)),
     ("rcv", 1, dict(compressor="none", schedule="bottou", gamma=1.0)),
     ("rcv", 2, dict(compressor="sign", schedule="constant", gamma=0.05, averaging="none")),
     ("rcv", 3, dict(compressor="top_k", k=10, downlink_k=8)),  # server memory on the downlink
+    ("eps", 2, dict(compressor="ternary", l2="worker", schedule="bottou", gamma=1.0)),
 ]
 
 
@@ -106,8 +107,8 @@ def test_downlink_compression_sends_k_entries_and_still_converges(rcv, tmp_path)
     runs = {}
     for name, extra in (("exact", []), ("down", ["--downlink-k", "6"])):
         out = tmp_path / f"{name}.h5"
-        run_mpi(3, ["train", rcv, "--out", out, "--quiet", "--k", "10", "--epochs", 2, *extra],
-                check=True)
+        run_mpi(3, ["train", rcv, "--out", out, "--quiet", "--k", "10", "--epochs", 2,
+                    "--l2", "server", *extra], check=True)  # the bound was measured on this path
         runs[name] = read_run(out)
     rounds = runs["down"]["attrs"]["rounds"]
     assert runs["down"]["metrics"]["bytes_down"][-1] == 2 * rounds * (8 + 8 * 6)

@@ -1,9 +1,14 @@
 """The `mpimem data` sub-commands: convert, synth, info, optimum (docs/data.md).
 
 Each command imports its machinery when it runs, so `mpimem` starts fast (scipy's optimizer
-and sparse modules are a quarter second each to import).
+and sparse modules are a quarter second each to import). The commands that write (convert,
+synth, optimum) turn SIGTERM and SIGHUP, like Ctrl-C, into an exception, so that what they
+were writing is removed (`h5write`) before the one-line report.
 """
 import argparse
+import contextlib
+import functools
+import signal
 
 from ..errors import MpimemError
 from .synth import KINDS
@@ -27,6 +32,30 @@ def _positive_float(text):
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a positive finite number")
     return value
+
+
+class Interrupted(MpimemError):
+    """A terminating signal arrived while a data command was writing: exit 128 + signal."""
+
+    def __init__(self, signum):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}; nothing was written")
+        self.exit_status = 128 + signum
+
+
+def _raise(signum, frame):
+    raise Interrupted(signum)
+
+
+def _interruptible(command):
+    """Run `command` with SIGTERM and SIGHUP raising `Interrupted` (restored afterwards)."""
+    @functools.wraps(command)
+    def wrapper(args):
+        with contextlib.ExitStack() as stack:
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                stack.callback(signal.signal, signum, signal.signal(signum, _raise))
+            return command(args)
+    return wrapper
 
 
 def register(subparsers) -> None:
@@ -70,6 +99,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_optimum)
 
 
+@_interruptible
 def cmd_convert(args) -> int:
     from .convert import convert
     s = convert(args.input, args.output, index_base=args.index_base, storage=args.storage,
@@ -79,6 +109,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
+@_interruptible
 def cmd_synth(args) -> int:
     from .synth import synthesize
     kind = KINDS[args.like]
@@ -92,14 +123,16 @@ def cmd_synth(args) -> int:
 
 def cmd_info(args) -> int:
     from .dataset import read_meta
-    meta = read_meta(args.file)
+    meta = read_meta(args.file, labels=True)
     rows = [("file", meta.path), ("source", meta.source), ("n", meta.n), ("d", meta.d),
             ("nnz", meta.nnz), ("density", f"{meta.density:.6g}"),
             ("storage", f"{meta.storage} {meta.dtype}"),
             ("labels", f"+1: {meta.n_positive} ({meta.n_positive / meta.n:.2%}), "
                        f"-1: {meta.n - meta.n_positive}"),
             ("fingerprint", meta.fingerprint[:16])]
-    if meta.fstar is None:
+    if meta.optimum_note:
+        rows.append(("optimum", f"none: {meta.optimum_note}"))
+    elif meta.fstar is None:
         rows.append(("optimum", "unknown (run `mpimem data optimum FILE`)"))
     else:
         rows += [("lambda", f"{meta.lam_star:.6g}"), ("f*", f"{meta.fstar:.17g}"),
@@ -109,10 +142,12 @@ def cmd_info(args) -> int:
     return 0
 
 
+@_interruptible
 def cmd_optimum(args) -> int:
     from .dataset import read_meta, read_shard
-    from .optimum import solve_optimum, store_optimum
-    meta = read_meta(args.file)
+    from .optimum import check_room, solve_optimum, store_optimum
+    meta = read_meta(args.file, optimum=False)
+    check_room(args.file, meta.d)
     lam = args.lam if args.lam is not None else 1.0 / meta.n
     shard = read_shard(args.file)
     opt = solve_optimum(shard.X, shard.y, lam)

@@ -8,8 +8,14 @@ Two passes, neither holding the data in memory:
    renamed at the end), mapping labels to {-1, +1}, shifting indices to zero-based and, for
    dense storage, scattering rows into /X.
 Memory is bounded by the block size (a few tens of bytes per byte of text in a block, and
-about as many bytes of values per transcription step), not by the size of the file. Any error leaves neither OUT nor the staging file behind.
+about as many bytes of values per transcription step), not by the size of the file. Any
+error (or interrupt) leaves neither OUT nor the staging file behind.
+
+The input is read once, front to back, so it may be a pipe or a FIFO (`/dev/stdin`). OUT must
+not be the input itself (the same file under another name, a link, a relative path), and a
+value the stored dtype cannot hold (beyond float32's range) is refused with its line.
 """
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,15 +82,17 @@ def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64"
     index_base: "0", "1" or "auto" (zero-based if any index is 0, else one-based).
     storage: "dense", "csr" or "auto" (dense when the density exceeds DENSE_ABOVE).
     d: number of columns (default: largest index + 1 after the base shift)."""
+    _refuse_same_file(src, out)
     blocks = LineBlocks(str(src), block_bytes)
     scan = _Scan(str(src))
     with scratch_h5(out) as stage:
-        staged = CSRWriter(stage, np.float64)
+        staged = CSRWriter(stage, np.float64, checked=False)
         for buf, first_line in blocks:
             try:
                 block = parse_block(buf, first_line, 1 if index_base == "1" else 0)
             except LineError as exc:
                 raise MpimemError(f"{src}:{exc.line}: {exc.problem}") from None
+            _check_range(block, np.dtype(dtype), src)
             scan.add(block)
             staged.append(block.indptr, block.indices, block.values, block.labels)
         if staged.n == 0:
@@ -96,13 +104,34 @@ def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64"
         with atomic_h5(out) as f:
             writer = DenseWriter(f, width, dtype) if final == "dense" else CSRWriter(f, dtype)
             _transcribe(stage, writer, base, scan.label_map(), block_bytes)
-            write_header(f, n=writer.n, d=width, nnz=writer.nnz, storage=final,
-                         source=str(src), source_bytes=blocks.source_bytes,
+            write_header(f, writer, d=width, source=str(src), source_bytes=blocks.source_bytes,
                          source_sha256=blocks.source_sha256, index_base=base,
                          compression=blocks.compression,
                          source_labels=",".join(f"{v:g}" for v in sorted(scan.labels)))
     return dict(n=writer.n, d=width, nnz=writer.nnz, storage=final, index_base=base,
                 density=density, source_bytes=blocks.source_bytes)
+
+
+def _refuse_same_file(src, out):
+    """MpimemError if `out` names the file `src` is (any path, symlink or hard link to it)."""
+    try:
+        same = os.path.samefile(src, out)
+    except OSError:             # either does not exist (yet): not the same file
+        return
+    if same:
+        raise MpimemError(f"{out}: is the input file {src} itself; choose another output name")
+
+
+def _check_range(block, dtype, src):
+    """MpimemError naming the line of the first value that overflows the stored `dtype`."""
+    with np.errstate(over="ignore"):
+        stored = block.values.astype(dtype)
+    bad = np.flatnonzero(~np.isfinite(stored))
+    if bad.size:
+        p = bad[0]
+        row = np.searchsorted(block.indptr, p, side="right") - 1
+        raise MpimemError(f"{src}:{block.lines[row]}: value {float(block.values[p])!r} of "
+                          f"feature {block.indices[p]} overflows {dtype.name} (use --dtype float64)")
 
 
 def _columns(scan, base, d):

@@ -2,10 +2,12 @@
 
 Rank `part` of `parts` owns the balanced row block `block_range(n, parts, part)`; `read_shard`
 reads only that block (for CSR: indptr[start:stop+1], then only data/indices[indptr[start]:
-indptr[stop]]), never the whole file. `path` may also be a binary file object (h5py reads
-through it), which the tests use to count the bytes a shard read touches.
+indptr[stop]]; with them y and the row checksums of the block), never the whole file, and
+`read_meta` reads no rows at all (attributes, shapes and the d values of x*). So every check of
+the rows (labels, NaN/Inf, column indices sorted and in range, checksums) is made per shard by
+the rank that reads it. `path` may also be a binary file object (h5py reads through it), which
+the tests use to count the bytes a read touches.
 """
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -14,10 +16,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import MpimemError
+from .checksum import optimum_stamp, row_checksums_csr, row_checksums_dense
 from .h5write import FORMAT, FORMAT_VERSION
 
-_SCAN_ROWS = 1 << 20        # labels checked this many at a time by read_meta
+_SCAN_ROWS = 1 << 20        # labels counted this many at a time by read_meta(labels=True)
 _LAM_RTOL = 1e-9
+_OPTIMUM_ATTRS = ("lam", "fstar", "grad_norm", "stamp")
 
 
 def block_range(n: int, parts: int, part: int) -> tuple[int, int]:
@@ -34,8 +38,9 @@ def block_range(n: int, parts: int, part: int) -> tuple[int, int]:
 class DatasetMeta:
     """What a data-set file says about itself (root attributes and the optional /optimum).
 
-    `fstar`, `lam_star`, `grad_norm_star` are None when no optimum is stored; `n_positive`
-    (rows labelled +1) is None unless the labels were scanned (`read_meta` does)."""
+    `fstar`, `lam_star`, `grad_norm_star` are None when no optimum is stored (`optimum_note`
+    then says why, if a damaged /optimum group was ignored); `n_positive` (rows labelled +1)
+    is None unless the labels were scanned (`read_meta(labels=True)`)."""
 
     path: str
     n: int
@@ -46,11 +51,13 @@ class DatasetMeta:
     source: str
     source_bytes: int
     source_sha256: str
+    content_sha256: str
     index_base: int | None
     created: str
     fstar: float | None = None
     lam_star: float | None = None
     grad_norm_star: float | None = None
+    optimum_note: str | None = None
     n_positive: int | None = None
 
     @property
@@ -60,9 +67,9 @@ class DatasetMeta:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of (n, d, nnz, storage, dtype, source_sha256): identifies the data cheaply."""
-        key = f"{self.n}|{self.d}|{self.nnz}|{self.storage}|{self.dtype}|{self.source_sha256}"
-        return hashlib.sha256(key.encode()).hexdigest()
+        """The content digest written with the rows (mpimem.data.checksum): it changes whenever
+        a value, index, label or the shape does; `read_shard` checks the rows against it."""
+        return self.content_sha256
 
     def fstar_for(self, lam: float) -> float | None:
         """f* if the stored optimum was computed with this lambda (relative tolerance 1e-9)."""
@@ -110,20 +117,29 @@ def _expect(f, name, key, shape, kinds):
     return ds
 
 
-def _meta(f, name) -> DatasetMeta:
-    """Validate the root attributes and dataset shapes/dtypes of an open file."""
+def _meta(f, name, optimum=True) -> DatasetMeta:
+    """Validate the root attributes and dataset shapes/dtypes of an open file (no rows read);
+    with `optimum`, read and verify the /optimum group (`_optimum`)."""
     attrs = f.attrs
     if attrs.get("format") != FORMAT:
         raise MpimemError(f"{name}: not an mpimem data set (root attribute format is "
                           f"{attrs.get('format')!r}, expected {FORMAT!r})")
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise MpimemError(f"{name}: unsupported data-set format_version "
-                          f"{attrs.get('format_version')!r} (this mpimem reads {FORMAT_VERSION})")
-    missing = [k for k in ("n", "d", "nnz", "storage") if k not in attrs]
+    version = attrs.get("format_version")
+    if version == 1:
+        raise MpimemError(f"{name}: data-set format_version 1 carries no content checksums "
+                          f"(written by an older mpimem); make it again with `mpimem data "
+                          f"convert` or `mpimem data synth`")
+    if version != FORMAT_VERSION:
+        raise MpimemError(f"{name}: unsupported data-set format_version {version!r} "
+                          f"(this mpimem reads {FORMAT_VERSION})")
+    missing = [k for k in ("n", "d", "nnz", "storage", "content_sha256") if k not in attrs]
     if missing:
         raise MpimemError(f"{name}: not a valid mpimem data set (root attributes missing: "
                           f"{', '.join(missing)})")
     n, d, nnz, storage = int(attrs["n"]), int(attrs["d"]), int(attrs["nnz"]), attrs["storage"]
+    if n < 1 or d < 1 or not 0 <= nnz <= n * d:
+        raise MpimemError(f"{name}: not a valid mpimem data set (n = {n}, d = {d}, nnz = {nnz}: "
+                          f"a data set has at least one row and one column)")
     floats = (np.float32, np.float64)
     if storage == "dense":
         dtype = _expect(f, name, "X", (n, d), floats).dtype
@@ -135,20 +151,44 @@ def _meta(f, name) -> DatasetMeta:
         raise MpimemError(f"{name}: not a valid mpimem data set (storage {storage!r} is "
                           f"neither 'dense' nor 'csr')")
     _expect(f, name, "y", (n,), (np.int8,))
-    optimum = f.get("optimum")
-    fstar = lam = gnorm = None
-    if optimum is not None:
-        _expect(optimum, name, "x", (d,), (np.float64,))
-        fstar, lam = float(optimum.attrs["fstar"]), float(optimum.attrs["lam"])
-        gnorm = float(optimum.attrs["grad_norm"])
+    _expect(f, name, "checksum", (n,), (np.uint64,))
+    content = str(attrs["content_sha256"])
+    fstar = lam = gnorm = note = None
+    if optimum:
+        fstar, lam, gnorm, note = _optimum(f, name, d, content)
     base = attrs.get("index_base")
     return DatasetMeta(path=name, n=n, d=d, nnz=nnz, storage=storage, dtype=str(dtype),
                        source=str(attrs.get("source", "")),
                        source_bytes=int(attrs.get("source_bytes", 0)),
                        source_sha256=str(attrs.get("source_sha256", "")),
+                       content_sha256=content,
                        index_base=None if base is None else int(base),
                        created=str(attrs.get("created", "")),
-                       fstar=fstar, lam_star=lam, grad_norm_star=gnorm)
+                       fstar=fstar, lam_star=lam, grad_norm_star=gnorm, optimum_note=note)
+
+
+def _optimum(f, name, d, content):
+    """(fstar, lam, grad_norm, note) from the /optimum group; all None without one.
+
+    A group lacking an attribute or x* (`data optimum` killed before its last step, or an older
+    mpimem) is read as no optimum, with a note saying so. A complete group whose stamp does not
+    match (f*, lam or x* changed since `data optimum` wrote it, e.g. an f* above the true
+    optimum, or the group copied from other data) is refused."""
+    group = f.get("optimum")
+    if group is None:
+        return None, None, None, None
+    x = group.get("x") if isinstance(group, h5py.Group) else None
+    if (x is None or any(k not in group.attrs for k in _OPTIMUM_ATTRS)
+            or not isinstance(x, h5py.Dataset) or x.shape != (d,) or x.dtype != np.float64):
+        return None, None, None, (f"incomplete /optimum group ignored (an interrupted `mpimem "
+                                  f"data optimum`?): run `mpimem data optimum {name}` again")
+    attrs = group.attrs
+    fstar, lam, gnorm = float(attrs["fstar"]), float(attrs["lam"]), float(attrs["grad_norm"])
+    if str(attrs["stamp"]) != optimum_stamp(content, lam, fstar, gnorm, x[()]):
+        raise MpimemError(f"{name}: the stored optimum does not match the data (/optimum was "
+                          f"edited after `mpimem data optimum` wrote it, or copied from other "
+                          f"data); run `mpimem data optimum {name}` again")
+    return fstar, lam, gnorm, None
 
 
 def _check_labels(y, name, start):
@@ -157,11 +197,15 @@ def _check_labels(y, name, start):
         raise MpimemError(f"{name}: label {int(y[bad[0]])} in row {start + bad[0]} is not -1 or +1")
 
 
-def read_meta(path) -> DatasetMeta:
-    """Validate the file's layout and its labels; its description, with `n_positive` set."""
+def read_meta(path, *, labels=False, optimum=True) -> DatasetMeta:
+    """Validate the file's layout; its description. Reads no rows: with `labels`, also every
+    label (checked to be +-1) to set `n_positive`, for `data info`; without `optimum`, the
+    /optimum group is not read (`data optimum`, which replaces it)."""
     name = _name(path)
     with _open(path) as f:
-        meta = _meta(f, name)
+        meta = _meta(f, name, optimum)
+        if not labels:
+            return meta
         positive = 0
         for start in range(0, meta.n, _SCAN_ROWS):
             y = f["y"][start:start + _SCAN_ROWS]
@@ -170,28 +214,57 @@ def read_meta(path) -> DatasetMeta:
     return DatasetMeta(**{**meta.__dict__, "n_positive": positive})
 
 
+def _check_csr(indptr, indices, meta, name, start):
+    """Every row's column indices in [0, d) and strictly increasing (vectorised: a step
+    that does not increase must start a new row); `indptr` already checked non-decreasing."""
+    lo = int(indptr[0])
+    if indices.size and (indices.min() < 0 or indices.max() >= meta.d):
+        raise MpimemError(f"{name}: /indices has entries outside [0, d={meta.d})")
+    ends = indptr[1:-1] - lo
+    flat = np.diff(indices) <= 0
+    flat[ends[(ends > 0) & (ends < indices.size)] - 1] = False
+    bad = np.flatnonzero(flat)
+    if bad.size:
+        p = bad[0]
+        row = start + np.searchsorted(indptr - lo, p, side="right") - 1
+        raise MpimemError(f"{name}: row {row} has unsorted or duplicate column indices "
+                          f"({indices[p]} then {indices[p + 1]}); they must increase within a row")
+
+
+def _check_rows(sums, stored, name, start):
+    """The rows' checksums must equal the ones written with them."""
+    bad = np.flatnonzero(sums != stored)
+    if bad.size:
+        raise MpimemError(f"{name}: row {start + bad[0]} does not match its checksum (the file "
+                          f"changed after it was written); convert or synthesize it again")
+
+
 def read_shard(path, part: int = 0, parts: int = 1) -> Shard:
-    """Rows `block_range(n, parts, part)` of the data set, checked for bad labels and NaN/Inf."""
+    """Rows `block_range(n, parts, part)` of the data set, and nothing else, checked: labels
+    +-1, no NaN/Inf, CSR structure (`_check_csr`), and the rows' checksums."""
     name = _name(path)
     with _open(path) as f:
-        meta = _meta(f, name)
+        meta = _meta(f, name, optimum=False)
         start, stop = block_range(meta.n, parts, part)
         y = f["y"][start:stop]
         _check_labels(y, name, start)
+        stored = f["checksum"][start:stop]
         if meta.storage == "dense":
-            X = np.ascontiguousarray(f["X"][start:stop])
-            values = X
+            X = values = np.ascontiguousarray(f["X"][start:stop])
         else:
             indptr = f["indptr"][start:stop + 1]
             lo, hi = int(indptr[0]), int(indptr[-1])
             if np.any(np.diff(indptr) < 0) or lo < 0 or hi > meta.nnz:
                 raise MpimemError(f"{name}: /indptr is not non-decreasing within [0, nnz]")
             values, indices = f["data"][lo:hi], f["indices"][lo:hi]
-            if indices.size and (indices.min() < 0 or indices.max() >= meta.d):
-                raise MpimemError(f"{name}: /indices has entries outside [0, d={meta.d})")
-            index_type = np.int32 if hi - lo < 2**31 else np.int64
-            X = sp.csr_matrix((values, indices, (indptr - lo).astype(index_type)),
-                              shape=(stop - start, meta.d))
     if not np.isfinite(values).all():
         raise MpimemError(f"{name}: rows {start}..{stop - 1} contain NaN or Inf values")
+    if meta.storage == "dense":
+        _check_rows(row_checksums_dense(X, y), stored, name, start)
+    else:
+        _check_csr(indptr, indices, meta, name, start)
+        _check_rows(row_checksums_csr(indptr - lo, indices, values, y), stored, name, start)
+        index_type = np.int32 if hi - lo < 2**31 else np.int64
+        X = sp.csr_matrix((values, indices, (indptr - lo).astype(index_type)),
+                          shape=(stop - start, meta.d))
     return Shard(X=X, y=y.astype(np.float64), start=start, stop=stop)

@@ -7,8 +7,11 @@
    the gradient norm drops, stopping once ||grad f(x)|| <= GTOL. f is strongly convex
    (lam > 0), so near the optimum the full Newton step converges quadratically.
 The result is stored in the file's /optimum group: attrs lam, fstar, grad_norm, solver,
-iterations; dataset x (d,) float64.
+iterations and stamp (`checksum.optimum_stamp`: binds them and x* to the data's digest);
+dataset x (d,) float64. The group is built complete under another name and then moved into
+place, so a kill leaves the old optimum, none, or the new one, never a part of one.
 """
+import os
 from dataclasses import dataclass
 
 import h5py
@@ -18,11 +21,15 @@ import scipy.sparse.linalg
 
 from ..errors import MpimemError
 from ..objective import hessian_vector, objective_and_grad
+from .checksum import optimum_stamp
+from .h5write import write_failure
 
 GTOL = 1e-10
 LBFGS_MAXITER = 100_000
 NEWTON_STEPS = 5
 SOLVER = "L-BFGS-B + Newton-CG polish"
+PARTIAL = "optimum_partial"          # where the next /optimum is built
+HEADROOM = 1 << 20                   # bytes of HDF5 metadata allowed for beyond x*
 
 
 @dataclass
@@ -62,15 +69,36 @@ def solve_optimum(X, y, lam: float, gtol: float = GTOL) -> Optimum:
                    iterations=iterations)
 
 
+def check_room(path, d: int) -> None:
+    """MpimemError unless the file system of `path` has room for an x* of length d and
+    HEADROOM bytes of HDF5 metadata (checked before solving, and again before writing)."""
+    stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    needed = 8 * d + HEADROOM
+    if stats.f_bavail * stats.f_frsize < needed:
+        raise MpimemError(f"{path}: cannot store the optimum (no space left on device: "
+                          f"{needed} bytes needed)")
+
+
 def store_optimum(path, opt: Optimum) -> None:
-    """Write (or replace) the /optimum group of data-set file `path`."""
+    """Write (or replace) the /optimum group of data-set file `path`: built and stamped as
+    /optimum_partial, then moved to /optimum. Refused, with the file untouched, when its file
+    system has no room for x* and the metadata (HDF5 cannot close a file cleanly once a
+    write failed for lack of space)."""
+    x = np.ascontiguousarray(opt.x, np.float64)
+    check_room(path, x.size)
     try:
-        with h5py.File(path, "r+") as f:
+        with h5py.File(path, "r+", rdcc_nbytes=0) as f:
+            stamp = optimum_stamp(f.attrs["content_sha256"], opt.lam, opt.fstar,
+                                  opt.grad_norm, x)
+            if PARTIAL in f:
+                del f[PARTIAL]
+            group = f.create_group(PARTIAL)
+            group.create_dataset("x", data=x)
+            group.attrs.update(lam=opt.lam, fstar=opt.fstar, grad_norm=opt.grad_norm,
+                               solver=opt.solver, iterations=opt.iterations, stamp=stamp)
+            f.flush()
             if "optimum" in f:
                 del f["optimum"]
-            group = f.create_group("optimum")
-            group.create_dataset("x", data=opt.x.astype(np.float64))
-            group.attrs.update(lam=opt.lam, fstar=opt.fstar, grad_norm=opt.grad_norm,
-                               solver=opt.solver, iterations=opt.iterations)
+            f.move(PARTIAL, "optimum")
     except OSError as exc:
-        raise MpimemError(f"{path}: cannot store the optimum ({exc.strerror or exc})") from None
+        raise write_failure(path, exc, "store the optimum") from None

@@ -139,8 +139,7 @@ def synthesize(out, like: str, n: int | None = None, seed: int = 0, d: int | Non
                 end = indptr[keep]
                 writer.append(indptr[:keep + 1], indices[:end], values[:end].astype(np.float32),
                               labels[:keep])
-        write_header(f, n=n, d=d, nnz=writer.nnz, storage=kind.storage,
-                     source=f"synthetic:{like}", source_bytes=0,
+        write_header(f, writer, d=d, source=f"synthetic:{like}", source_bytes=0,
                      source_sha256=hashlib.sha256(json.dumps(params, sort_keys=True).encode())
                      .hexdigest(), seed=seed, label_noise=kind.noise)
     return dict(params, nnz=writer.nnz, storage=kind.storage)

@@ -2,7 +2,8 @@
 
 The compression is recognised by the file's magic bytes, not its name. The raw (compressed)
 bytes are hashed on the way in, so a conversion records the source's SHA-256 without reading
-the file twice. Each block ends with a newline (one is appended to a last line without one);
+the file twice. Nothing seeks: the magic bytes are read ahead and served again, so the input
+may be a pipe, a FIFO or `/dev/stdin`. Each block ends with a newline (one is appended to a last line without one);
 a single line longer than the block size is read whole.
 """
 import bz2
@@ -23,15 +24,30 @@ _STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, OSErro
 
 
 class _HashingReader:
-    """A binary file wrapper that feeds every byte read into a SHA-256 and counts them."""
+    """A binary file wrapper that feeds every byte read into a SHA-256 and counts them;
+    `head(size)` reads ahead without consuming (the next reads return those bytes first)."""
 
     def __init__(self, raw):
         self.raw = raw
         self.sha256 = hashlib.sha256()
         self.nbytes = 0
+        self._ahead = b""
+
+    def head(self, size):
+        """The first `size` bytes (fewer at the end of the input), left to be read again."""
+        while len(self._ahead) < size:
+            more = self.raw.read(size - len(self._ahead))
+            if not more:
+                break
+            self._ahead += more
+        return self._ahead
 
     def read(self, size=-1):
-        chunk = self.raw.read(size)
+        if self._ahead:
+            cut = len(self._ahead) if size is None or size < 0 else size
+            chunk, self._ahead = self._ahead[:cut], self._ahead[cut:]
+        else:
+            chunk = self.raw.read(size)
         self.sha256.update(chunk)
         self.nbytes += len(chunk)
         return chunk
@@ -75,8 +91,7 @@ class LineBlocks:
         self.source_sha256 = self._hasher.sha256.hexdigest()
 
     def _open_stream(self):
-        head = self._hasher.raw.read(8)
-        self._hasher.raw.seek(0)
+        head = self._hasher.head(8)
         for magic, name, opener in _MAGIC:
             if head.startswith(magic):
                 self.compression = name

@@ -1,0 +1,336 @@
+"""Algorithm 1 in plain numpy, exactly as docs/spec.md states it: the independent oracle.
+
+Written without mpimem's kernels, model, engine, compressors, rng or schedule (tests/
+test_reference.py checks mpimem's `--l2 worker` trajectory against it), and timed as the
+baseline of the speed benchmark (bench/bench_train.py): per sample it does what the paper's
+published numpy code does, O(d) dense float64 work.
+
+W workers, worker w with its own memory m^w and shard (X^w, y^w); x_0 = 0, m^w_0 = 0; round r,
+schedule clock t = r b (b samples per worker and round):
+
+  1. worker w:  rows = next b rows of its epoch permutation of the shard
+  1.1           v^w = m^w + eta_t sum_{i in rows} grad f_i(x_r),
+                grad f_i(x) = -y_i sigma(-y_i a_i^T x) a_i + lam x      (paper-exact L2 placement)
+  1.2           u^w = comp(v^w);  m^w := v^w - u^w  (without memory: m^w := 0)
+  2. server:    U = float32( (sum_{w=1..W} u^w) / W ), the sum in float64 in worker order
+  3. everyone:  x_{r+1} = x_r - U;   xbar accumulates w_t x_r (before the update), kept directly:
+                xbar_R = sum_{r<R} w_{rb} x_r / sum_{r<R} w_{rb}
+
+mpimem's wire format is part of the operator, so it is modelled here, honestly:
+  none     u = float32(v)                                  (memory meaningless: kept at 0)
+  top_k    u_i = float32(v_i) on the k largest |v_i| (ties: smaller index), 0 elsewhere
+  rand_k   u_i = float32(v_i) on k indices uniform without replacement, 0 elsewhere
+  qsgd     u_i = sign(v_i) (scale l_i) / s,  scale = float32up(||v||_2) / divisor, l_i the
+           stochastically rounded level of s |v_i| / float32up(||v||_2) (SPEC "QSGD with s
+           levels"); divisor = 1 + beta, beta = min(d/s^2, sqrt(d)/s) with memory, 1 without;
+           float32up rounds the norm up to float32 (the value sent)
+  ternary  qsgd with s = 1
+  sign     u_i = scale sign(v_i), sign(0) = +1, scale = float32(||v||_1 / d)
+so with memory the float32 rounding residual v - u stays in m (m := v - u exactly).
+
+The random streams are mpimem's, re-implemented from their definitions so that the same seed
+gives the same trajectory: xoshiro256** seeded by splitmix64 from (seed, owner, purpose);
+the sampler shuffles its shard's rows 0..n_w-1 by Fisher-Yates at start and at every epoch end;
+rand-k draws worker w's round-r indices by Floyd's algorithm from a per-round splitmix64
+expansion of the (seed, w, RAND_K) stream; the quantisers draw one uniform per coordinate.
+Not modelled: the top-K downlink with a server memory (--downlink-k) and --mode async.
+"""
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import expit
+
+MASK = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+SAMPLING, QUANTISE, RAND_K = 1, 2, 3      # stream purposes
+
+
+# ---------------------------------------------------------------- random streams
+def _mix(z: int) -> int:
+    """The splitmix64 output function."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def _rotl(x: int, k: int) -> int:
+    return ((x << k) | (x >> (64 - k))) & MASK
+
+
+class Xoshiro:
+    """xoshiro256** (Blackman & Vigna) on four 64-bit words, in pure Python."""
+
+    __slots__ = ("s",)
+
+    def __init__(self, words):
+        self.s = [int(w) for w in words]
+
+    @classmethod
+    def keyed(cls, seed: int, owner: int, purpose: int) -> "Xoshiro":
+        """The stream of (seed, owner, purpose): four splitmix64 outputs from the mixed key."""
+        x = (seed * 0x100000001B3 + owner * 0x9E3779B1 + purpose * 0x85EBCA77) & MASK
+        words = []
+        for _ in range(4):
+            x = (x + GOLDEN) & MASK
+            words.append(_mix(x))
+        return cls(words)
+
+    def for_round(self, r: int) -> "Xoshiro":
+        """A fresh stream for round r from this stream's words (not advancing them):
+        word i = splitmix64 output i of (s_0 xor r GOLDEN), xor s_{(i+1) mod 4}."""
+        x = self.s[0] ^ ((r * GOLDEN) & MASK)
+        words = []
+        for i in range(4):
+            x = (x + GOLDEN) & MASK
+            words.append(_mix(x) ^ self.s[(i + 1) % 4])
+        return Xoshiro(words)
+
+    def next(self) -> int:
+        s0, s1, s2, s3 = self.s
+        result = (_rotl((s1 * 5) & MASK, 7) * 9) & MASK
+        t = (s1 << 17) & MASK
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= t
+        self.s = [s0, s1, s2, _rotl(s3, 45)]
+        return result
+
+    def uniform(self) -> float:
+        """Uniform on [0, 1): the top 53 bits over 2^53."""
+        return (self.next() >> 11) * (1.0 / 9007199254740992.0)
+
+    def below(self, n: int) -> int:
+        """Uniform on {0..n-1}: outputs >= the largest multiple of n under 2^64 - 1 are redrawn."""
+        limit = MASK - MASK % n
+        while True:
+            r = self.next()
+            if r < limit:
+                return r % n
+
+
+class Sampler:
+    """Rows of a shard without replacement within an epoch: a Fisher-Yates permutation, read
+    in order by a cursor, reshuffled (in place, continuing from the last one) at epoch end."""
+
+    def __init__(self, n: int, rng: Xoshiro):
+        self.perm, self.rng, self.pos = list(range(n)), rng, 0
+        self._shuffle()
+
+    def _shuffle(self):
+        perm, below = self.perm, self.rng.below
+        for i in range(len(perm) - 1, 0, -1):
+            j = below(i + 1)
+            perm[i], perm[j] = perm[j], perm[i]
+
+    def take(self, b: int) -> list:
+        rows = []
+        for _ in range(b):
+            if self.pos == len(self.perm):
+                self._shuffle()
+                self.pos = 0
+            rows.append(self.perm[self.pos])
+            self.pos += 1
+        return rows
+
+
+# ---------------------------------------------------------------- settings, schedule, weights
+@dataclass(frozen=True)
+class Settings:
+    """The run's settings, concrete (shift a in samples, k and levels resolved)."""
+
+    compressor: str = "top_k"     # none, top_k, rand_k, qsgd, ternary, sign
+    k: int = 1
+    levels: int = 1               # QSGD's s (ternary: 1)
+    memory: bool = True
+    batch_size: int = 1
+    schedule: str = "decay"       # decay, bottou, constant
+    gamma: float = 2.0
+    shift: float = 1.0
+    averaging: str = "quadratic"  # quadratic, uniform, none
+    lam: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "Settings":
+        """The same-named fields of a resolved configuration object (mpimem's TrainConfig)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+    def eta(self, t: float) -> float:
+        """decay: gamma / (lam (t + a));  bottou: gamma / (1 + gamma lam t);  constant: gamma."""
+        if self.schedule == "decay":
+            return self.gamma / (self.lam * (t + self.shift))
+        if self.schedule == "bottou":
+            return self.gamma / (1.0 + self.gamma * self.lam * t)
+        return self.gamma
+
+    def weight(self, t: float) -> float:
+        """quadratic: (a + t)^2; otherwise 1."""
+        return (self.shift + t) ** 2 if self.averaging == "quadratic" else 1.0
+
+
+# ---------------------------------------------------------------- compression operators
+def _f32(v):
+    """The float32 value sent, as float64."""
+    return np.asarray(v, dtype=np.float32).astype(np.float64)
+
+
+def _sparse(v, idx):
+    """u = float32(v) on the coordinates idx, 0 elsewhere."""
+    u = np.zeros_like(v)
+    u[idx] = _f32(v[idx])
+    return u
+
+
+def top_k_indices(v, k):
+    """The k largest |v_i|, ties broken toward the smaller index (O(d))."""
+    a = np.abs(v)
+    if k == 1:
+        return np.array([np.argmax(a)])  # argmax returns the first (smallest) index of a tie
+    idx = np.argpartition(-a, k - 1)[:k]  # (selecting at the low end stays O(d) with many ties)
+    theta = a[idx].min()
+    if np.count_nonzero(a >= theta) == k:  # no tie at the threshold: the selection is unique
+        return idx
+    above = np.flatnonzero(a > theta)
+    return np.concatenate([above, np.flatnonzero(a == theta)[: k - above.size]])
+
+
+def rand_k_indices(stream: Xoshiro, r: int, d: int, k: int):
+    """Floyd's k distinct indices of [0, d) from the round-r stream of `stream`."""
+    rng, chosen = stream.for_round(r), []
+    seen = set()
+    for j in range(d - k, d):
+        t = rng.below(j + 1)
+        if t in seen:
+            t = j
+        seen.add(t)
+        chosen.append(t)
+    return np.array(chosen, dtype=np.int64)
+
+
+def _norm32_up(v) -> float:
+    """||v||_2 rounded up to float32 (so that s |v_i| / norm <= s), as float64."""
+    n = math.sqrt(float(np.dot(v, v)))
+    n32 = np.float32(n)
+    if float(n32) < n:
+        n32 = np.nextafter(n32, np.float32(np.inf))
+    return float(n32)
+
+
+def quantise(v, s: int, divisor: float, rng: Xoshiro):
+    """Stochastic s-level quantisation of v (one uniform per coordinate), scaled by 1/divisor."""
+    n32 = _norm32_up(v)
+    if n32 == 0.0:
+        return np.zeros_like(v)
+    r = np.abs(v) * (s / n32)
+    level = np.floor(r)
+    draws = np.array([rng.uniform() for _ in range(v.size)])
+    level += draws < r - level
+    mag = n32 / divisor * level / s
+    return np.where(v < 0.0, -mag, mag)
+
+
+def scaled_sign(v):
+    """(||v||_1 / d, rounded to float32) sign(v), sign(0) = +1."""
+    scale = float(np.float32(np.abs(v).sum() / v.size))
+    return np.where(v < 0.0, -scale, scale)
+
+
+def quantiser_divisor(d: int, s: int, memory: bool) -> float:
+    """1 + beta, beta = min(d / s^2, sqrt(d) / s), for the rescaled operator (with memory)."""
+    return 1.0 + min(d / s**2, math.sqrt(d) / s) if memory else 1.0
+
+
+# ---------------------------------------------------------------- Algorithm 1
+class Worker:
+    """Worker w's state: its shard, memory m^w, sampler and random streams."""
+
+    def __init__(self, w: int, X, y, d: int, seed: int):
+        self.w, self.X, self.y = w, X, np.asarray(y, dtype=np.float64)
+        self.m = np.zeros(d)
+        self.sampler = Sampler(self.y.size, Xoshiro.keyed(seed, w, SAMPLING))
+        self.quant = Xoshiro.keyed(seed, w, QUANTISE)
+        self.randk = Xoshiro.keyed(seed, w, RAND_K)
+
+
+class Reference:
+    """W synchronous workers and a server running Algorithm 1 (see the module docstring)."""
+
+    def __init__(self, settings: Settings, shards, d: int):
+        self.cfg, self.d = settings, d
+        self.workers = [Worker(w, X, y, d, settings.seed) for w, (X, y) in enumerate(shards, 1)]
+        self.memory = settings.memory and settings.compressor != "none"
+        self.x = np.zeros(d)
+        self.xsum = np.zeros(d)
+        self.wsum = 0.0
+        self.rounds = 0
+
+    @property
+    def xbar(self):
+        if self.cfg.averaging == "none" or self.wsum == 0.0:
+            return self.x.copy()
+        return self.xsum / self.wsum
+
+    @property
+    def memories(self):
+        return np.array([wk.m for wk in self.workers])
+
+    def gradient_sum(self, wk: Worker, rows):
+        """sum_{i in rows} grad f_i(x) = sum_i -y_i sigma(-y_i a_i^T x) a_i + b lam x; dense rows
+        at once, CSR rows one at a time over their nonzeros."""
+        x, X = self.x, wk.X
+        if sp.issparse(X):
+            g = np.zeros(self.d)
+            for i in rows:
+                cols, vals = X.indices[X.indptr[i]:X.indptr[i + 1]], X.data[X.indptr[i]:X.indptr[i + 1]]
+                g[cols] += -wk.y[i] * expit(-wk.y[i] * vals.dot(x[cols])) * vals
+        else:
+            A, y = X.take(rows, axis=0), wk.y.take(rows)
+            g = (-y * expit(-y * A.dot(x))).dot(A)
+        g += len(rows) * self.cfg.lam * x
+        return g
+
+    def compress(self, wk: Worker, v, r: int):
+        """u = comp(v) for worker wk in round r, the values as sent (module docstring table)."""
+        name, k = self.cfg.compressor, self.cfg.k
+        if name == "none":
+            return _f32(v)
+        if name == "top_k":
+            return _sparse(v, top_k_indices(v, k))
+        if name == "rand_k":
+            return _sparse(v, rand_k_indices(wk.randk, r, self.d, k))
+        if name == "sign":
+            return scaled_sign(v)
+        s = 1 if name == "ternary" else self.cfg.levels
+        return quantise(v, s, quantiser_divisor(self.d, s, self.cfg.memory), wk.quant)
+
+    def round(self):
+        """One round r: steps 1-3 of the module docstring."""
+        cfg, r = self.cfg, self.rounds
+        t = r * cfg.batch_size
+        eta = cfg.eta(t)
+        sent = []
+        for wk in self.workers:                                       # 1.
+            v = wk.m                                                  # 1.1 (v in place of m)
+            v += eta * self.gradient_sum(wk, wk.sampler.take(cfg.batch_size))
+            u = self.compress(wk, v, r)                               # 1.2
+            if self.memory:
+                v -= u
+            else:
+                v[:] = 0.0
+            sent.append(u)
+        U = _f32(sum(sent) / len(sent))                               # 2. (0 + u_1 + u_2 ...)
+        if cfg.averaging != "none":                                   # 3.
+            w = cfg.weight(t)
+            self.xsum += w * self.x
+            self.wsum += w
+        self.x -= U
+        self.rounds += 1
+
+    def run(self, rounds: int) -> "Reference":
+        for _ in range(rounds):
+            self.round()
+        return self

@@ -1,0 +1,265 @@
+"""The study planner of the job scripts: a study TOML plus the environment -> the runs to do.
+
+    python -m mpimem.studyplan count STUDY.toml        number of runs
+    python -m mpimem.studyplan list STUDY.toml         index data-set label W seed, one run a line
+    python -m mpimem.studyplan run STUDY.toml INDEX    run INDEX as shell assignments for bash
+
+A study (jobs/studies/*.toml, layout in jobs/README.md) expands to the runs
+    datasets x methods x workers x seeds        (a method may name the data sets it applies to)
+in that order (seeds vary fastest). Settings: [train] < the method's table < environment
+(EPOCHS, EVAL_EVERY, BATCH_SIZE, MODE, EXTRA_ARGS, CHECKPOINT_EVERY); the environment's
+DATASETS, METHODS, WORKERS, SEEDS select subsets and N, D, N_<NAME>, D_<NAME>, N_PER_WORKER,
+DATA_SEED size the synthetic data.
+
+A study runs what it says or fails: every run's `mpimem train` arguments are parsed by mpimem's
+own train parser before any run starts. An unknown option, a mode or compressor this mpimem does
+not have, a value of the wrong type, an unknown label or data set is an error (one line, exit
+status 2), never a silent fallback. (Checks that need the data, such as k <= d, are made by
+`mpimem train` itself when the run starts.)
+"""
+import argparse
+import json
+import os
+import shlex
+import sys
+import tomllib
+from dataclasses import asdict, dataclass
+
+from .config import merge
+from .errors import MpimemError, report
+
+NOT_OPTIONS = ("label", "datasets")   # keys of a method table that are not train options
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study: where its data comes from and the `mpimem train` options after DATA."""
+
+    index: int
+    dataset: str
+    label: str
+    workers: int
+    seed: int
+    data: str                  # the data file (generated first when `synthetic`)
+    synthetic: bool
+    like: str                  # `mpimem data synth --like`
+    n: int                     # synthetic size (None for a staged or explicit file)
+    d: int
+    data_seed: int
+    n_per_worker: int
+    mode: str                  # the mode that runs (as parsed from args), never a fallback
+    args: tuple
+    checkpoint_args: tuple     # --checkpoint-every (CHECKPOINT_EVERY) where mpimem checkpoints:
+                               # the sync server; also passed with --resume
+
+
+def load_study(path: str) -> dict:
+    """The study TOML as a dict; MpimemError (one line) when missing or malformed."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise MpimemError("no such study file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MpimemError(f"cannot read the study file: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise MpimemError(f"not valid TOML: {err}") from None
+
+
+def env_list(env: dict, key: str, default, integers=False) -> list:
+    """The space- or comma-separated list in env[key] (of integers if asked), else `default`."""
+    words = env.get(key, "").replace(",", " ").split()
+    if not words:
+        return list(default)
+    return [_integer(w, f"{key} entry") for w in words] if integers else words
+
+
+def _integer(value, what: str) -> int:
+    """An integer setting of the study or the environment; MpimemError naming it otherwise."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MpimemError(f"{what} must be an integer, got {value!r}") from None
+
+
+def select_methods(methods: list, labels: list) -> list:
+    """The method tables named by `labels` (all when empty); unknown labels are an error."""
+    if not all(isinstance(m, dict) and "label" in m for m in methods):
+        raise MpimemError("every [[methods]] table needs a label")
+    if not labels:
+        return methods
+    known = [m["label"] for m in methods]
+    bad = [lab for lab in labels if lab not in known]
+    if bad:
+        raise MpimemError(f"METHODS names unknown label(s) {', '.join(bad)}; "
+                          f"the study has {', '.join(known)}")
+    return [m for m in methods if m["label"] in labels]
+
+
+def data_source(ds: str, dcfg: dict, workers: int, env: dict) -> dict:
+    """Where run data comes from, in order: DATA_<NAME> or the TOML's `path`; else the staged
+    $DATA_DIR/<name>.h5 when no size override is set; else the synthetic look-alike
+    $DATA_DIR/synth-<like>-n<N>-d<D>-s<DATA_SEED>.h5 (N = n_per_worker * W for weak scaling)."""
+    up = ds.upper().replace("-", "_")
+
+    def pick(key):
+        return env.get(f"{key}_{up}") or env.get(key) or dcfg.get(key.lower())
+
+    data_dir = env.get("DATA_DIR", "data")
+    data_seed = _integer(env.get("DATA_SEED", "1"), "DATA_SEED")
+    npw = pick("N_PER_WORKER")
+    explicit = env.get(f"DATA_{up}") or dcfg.get("path")
+    sized = any(env.get(k) for k in ("N", "D", f"N_{up}", f"D_{up}"))
+    staged = os.path.join(data_dir, f"{ds}.h5")
+    npw = _integer(npw, f"N_PER_WORKER of {ds}") if npw else None
+    out = dict(synthetic=False, like=dcfg.get("like", ds), n=None, d=None, data_seed=data_seed,
+               n_per_worker=npw)
+    if explicit and not npw:
+        return dict(out, data=explicit)
+    if not npw and not sized and os.path.exists(staged):
+        return dict(out, data=staged)
+    n_one, d = (npw, pick("D")) if npw else (pick("N"), pick("D"))
+    if n_one is None or d is None:
+        raise MpimemError(f"data set {ds}: no file {staged} and no size for a synthetic "
+                          f"look-alike (set n and d in the study, or N and D)")
+    n = _integer(n_one, f"N of {ds}") * (workers if npw else 1)
+    d = _integer(d, f"D of {ds}")
+    name = f"synth-{out['like']}-n{n}-d{d}-s{data_seed}.h5"
+    return dict(out, data=os.path.join(data_dir, name), synthetic=True, n=n, d=d)
+
+
+def train_options(cfg: dict, method: dict, dcfg: dict, seed: int, env: dict) -> dict:
+    """The `mpimem train` settings of one run: [train] < method < environment (text, checked
+    with the rest by the train parser)."""
+    study = cfg.get("study", {})
+    opts = dict(cfg.get("train", {}))
+    opts.update({k: v for k, v in method.items() if k not in NOT_OPTIONS})
+    opts["epochs"] = env.get("EPOCHS") or dcfg.get("epochs", 1)
+    if env.get("EVAL_EVERY") or "eval_every" in study:
+        opts["eval_every"] = env.get("EVAL_EVERY") or study["eval_every"]
+    if env.get("BATCH_SIZE"):
+        opts["batch_size"] = env["BATCH_SIZE"]
+    opts["mode"] = env.get("MODE") or opts.get("mode") or study.get("mode", "sync")
+    opts["seed"] = seed
+    return opts
+
+
+def to_args(opts: dict) -> list:
+    """Settings as command-line options: key_name = v -> --key-name v; a bool is the flag
+    (--memory) or its negation (--no-memory)."""
+    args = []
+    for key, value in opts.items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            args += [f"--{flag}", str(value)]
+    return args
+
+
+class _Refuse(argparse.ArgumentParser):
+    """argparse that raises MpimemError instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise MpimemError(message)
+
+
+def check_train_args(data: str, args: list):
+    """`mpimem train DATA ARGS` parsed by mpimem's own parser, so that an option, mode or
+    operator this mpimem lacks is refused; returns the TrainConfig it would start from."""
+    from . import train_cli
+
+    parser = _Refuse(prog="mpimem", add_help=False)
+    train_cli.register(parser.add_subparsers(dest="command"))
+    ns = parser.parse_args(["train", data, *args])
+    return merge({k: v for k, v in vars(ns).items() if k not in ("func", "command", "config")})
+
+
+def plan(cfg: dict, env: dict) -> list:
+    """Every run of the study `cfg` (a loaded TOML) under the environment `env`, checked."""
+    study = cfg.get("study", {})
+    datasets = env_list(env, "DATASETS", study.get("datasets", []))
+    workers = env_list(env, "WORKERS", study.get("workers", [1]), integers=True)
+    seeds = env_list(env, "SEEDS", study.get("seeds", [0]), integers=True)
+    methods = select_methods(cfg.get("methods", []), env_list(env, "METHODS", []))
+    try:
+        extra = shlex.split(env.get("EXTRA_ARGS", ""))
+    except ValueError as err:
+        raise MpimemError(f"EXTRA_ARGS: {err}") from None
+    runs = []
+    for ds in datasets:
+        dcfg = cfg.get("datasets", {}).get(ds)
+        if dcfg is None:
+            raise MpimemError(f"data set {ds!r} is not described ([datasets.{ds}])")
+        for method in methods:
+            if "datasets" in method and ds not in method["datasets"]:
+                continue
+            for w in workers:
+                for s in seeds:
+                    runs.append(_planned(len(runs), cfg, ds, dcfg, method, w, s, env, extra))
+    return runs
+
+
+def _planned(index, cfg, ds, dcfg, method, workers, seed, env, extra) -> PlannedRun:
+    """Run `index`: its data, its options (EXTRA_ARGS last, so they win), checked by the parser."""
+    src = data_source(ds, dcfg, workers, env)
+    args = to_args(train_options(cfg, method, dcfg, seed, env)) + extra
+    try:
+        tc = check_train_args(src["data"], args)
+    except MpimemError as err:
+        raise MpimemError(f"run {index} ({ds} {method['label']} W={workers}): {err}") from None
+    ckpt = ()
+    if env.get("CHECKPOINT_EVERY") and tc.mode == "sync" and tc.topology == "server":
+        ckpt = ("--checkpoint-every", env["CHECKPOINT_EVERY"])
+    return PlannedRun(index=index, dataset=ds, label=method["label"], workers=workers, seed=seed,
+                      mode=tc.mode, args=tuple(args), checkpoint_args=ckpt, **src)
+
+
+def shell_lines(run: PlannedRun, study: str) -> list:
+    """The run as bash assignments for `eval` (RUN_* variables, RUN_ARGS and RUN_CKPT arrays,
+    RUN_META the JSON that jobs/common.sh completes into meta.json)."""
+    q = shlex.quote
+    meta = dict(asdict(run), study=study, ranks=run.workers + 1, train_args=list(run.args))
+    del meta["args"], meta["checkpoint_args"]
+    return [f"RUN_LABEL={q(run.label)}; RUN_DATASET={q(run.dataset)}; "
+            f"RUN_WORKERS={run.workers}; RUN_SEED={run.seed}",
+            f"RUN_DATA={q(run.data)}; RUN_SYNTH={int(run.synthetic)}; RUN_LIKE={q(run.like)}; "
+            f"RUN_DATA_SEED={run.data_seed}; RUN_N={run.n or ''}; RUN_D={run.d or ''}",
+            "RUN_ARGS=(" + " ".join(q(a) for a in run.args) + ")",
+            "RUN_CKPT=(" + " ".join(q(a) for a in run.checkpoint_args) + ")",
+            f"RUN_META={q(json.dumps(meta))}"]
+
+
+def main(argv=None, env=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mpimem.studyplan",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=("count", "list", "run"))
+    ap.add_argument("study", metavar="STUDY.toml")
+    ap.add_argument("index", nargs="?", type=int, help="run: the run's index")
+    a = ap.parse_args(argv)
+    env = os.environ if env is None else env
+    try:
+        cfg = load_study(a.study)
+        name = env.get("STUDY") or cfg.get("study", {}).get("name", "?")
+        runs = plan(cfg, env)
+        if a.command == "count":
+            lines = [str(len(runs))]
+        elif a.command == "list":
+            lines = [f"{r.index} {r.dataset} {r.label} {r.workers} {r.seed}" for r in runs]
+        else:
+            if a.index is None or not 0 <= a.index < len(runs):
+                raise MpimemError(f"run index {a.index} not in 0..{len(runs) - 1}")
+            lines = shell_lines(runs[a.index], name)
+    except MpimemError as err:
+        report(f"study {a.study}: {err}")
+        return 2
+    try:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:   # `... list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

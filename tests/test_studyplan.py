@@ -1,0 +1,215 @@
+"""mpimem.studyplan, the planner of jobs/*.sbatch, in-process: expansion, environment overrides,
+data naming, the `mpimem train` arguments of each run, and refusals (never a silent fallback).
+The last tests run it as the job scripts do (`python -m`, `bash jobs/common.sh`)."""
+import itertools
+import re
+import sys
+
+import pytest
+
+from conftest import ROOT, run
+from mpimem.errors import MpimemError
+from mpimem.studyplan import load_study, plan
+
+STUDIES = ROOT / "jobs" / "studies"
+
+
+def study(name):
+    return load_study(str(STUDIES / f"{name}.toml"))
+
+
+def opts(args):
+    """--key value pairs and bare flags of an argument list, as a dict (flags -> True)."""
+    out, i = {}, 0
+    while i < len(args):
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out[args[i]] = args[i + 1]
+            i += 2
+        else:
+            out[args[i]] = True
+            i += 1
+    return out
+
+
+TOY = """
+[study]
+name = "toy"
+datasets = ["a", "b"]
+workers = [1, 3]
+seeds = [0, 1]
+eval_every = 0.5
+[datasets.a]
+n = 100
+d = 10
+epochs = 2
+[datasets.b]
+like = "rcv1"
+n = 50
+d = 40
+[train]
+schedule = "bottou"
+gamma = 1.0
+memory = true
+[[methods]]
+label = "top-2"
+compressor = "top_k"
+k = 2
+[[methods]]
+label = "plain"
+compressor = "none"
+memory = false
+gamma = 0.5
+[[methods]]
+label = "only-b"
+datasets = ["b"]
+compressor = "rand_k"
+k = 30
+"""
+
+
+@pytest.fixture
+def toy(tmp_path):
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY)
+    return load_study(str(path))
+
+
+def env(tmp_path, **kw):
+    return {"DATA_DIR": str(tmp_path / "data"), **{k: str(v) for k, v in kw.items()}}
+
+
+def test_expansion_datasets_methods_workers_seeds(toy, tmp_path):
+    runs = plan(toy, env(tmp_path))
+    want = [(ds, m, w, s) for ds, m, w, s in
+            itertools.product("ab", ("top-2", "plain", "only-b"), (1, 3), (0, 1))
+            if not (m == "only-b" and ds == "a")]
+    assert [(r.dataset, r.label, r.workers, r.seed) for r in runs] == want
+    assert [r.index for r in runs] == list(range(len(want)))
+
+
+@pytest.mark.parametrize("name", ["theory", "qsgd", "scaling", "weak"])
+def test_each_job_script_array_covers_its_study(name, tmp_path):
+    """#SBATCH --array=0-(N-1) of jobs/NAME.sbatch is one task per run of the study."""
+    script = (ROOT / "jobs" / f"{name}.sbatch").read_text()
+    last = int(re.search(r"^#SBATCH --array=0-(\d+)$", script, re.M).group(1))
+    assert len(plan(study(name), env(tmp_path))) == last + 1
+
+
+def test_arguments_of_a_run(toy, tmp_path):
+    runs = plan(toy, env(tmp_path))
+    top = opts(runs[0].args)          # a, top-2, W=1, seed 0
+    assert top == {"--schedule": "bottou", "--gamma": "1.0", "--memory": True,
+                   "--compressor": "top_k", "--k": "2", "--epochs": "2",
+                   "--eval-every": "0.5", "--mode": "sync", "--seed": "0"}
+    plain = opts(next(r for r in runs if r.label == "plain" and r.seed == 1).args)
+    assert plain["--no-memory"] is True and "--memory" not in plain   # method beats [train]
+    assert plain["--gamma"] == "0.5" and plain["--seed"] == "1"
+    assert opts(next(r for r in runs if r.dataset == "b").args)["--epochs"] == "1"
+    assert all(r.checkpoint_args == () and r.mode == "sync" for r in runs)
+
+
+def test_environment_overrides(toy, tmp_path):
+    e = env(tmp_path, DATASETS="b", METHODS="only-b,plain", WORKERS="2", SEEDS="7 8",
+            EPOCHS=0.5, EVAL_EVERY=0.1, BATCH_SIZE=4, MODE="async", CHECKPOINT_EVERY="10m",
+            EXTRA_ARGS="--async-step mean --lam 0.01")
+    runs = plan(toy, e)
+    assert [(r.label, r.workers, r.seed) for r in runs] == [
+        ("plain", 2, 7), ("plain", 2, 8), ("only-b", 2, 7), ("only-b", 2, 8)]  # study order
+    o = opts(runs[0].args)
+    assert (o["--epochs"], o["--eval-every"], o["--batch-size"], o["--mode"]) == \
+        ("0.5", "0.1", "4", "async")
+    assert runs[0].args[-4:] == ("--async-step", "mean", "--lam", "0.01")
+    assert runs[0].mode == "async"
+    assert runs[0].checkpoint_args == ()          # async runs are not checkpointed
+    sync = plan(toy, dict(e, MODE="sync"))[0]
+    assert sync.checkpoint_args == ("--checkpoint-every", "10m")
+
+
+def test_synthetic_data_naming(toy, tmp_path):
+    e = env(tmp_path)
+    a = plan(toy, e)[0]
+    assert (a.data, a.synthetic, a.n, a.d, a.like) == (
+        str(tmp_path / "data" / "synth-a-n100-d10-s1.h5"), True, 100, 10, "a")
+    b = plan(toy, dict(e, DATASETS="b", N_B=60, D=45, DATA_SEED=3))[0]
+    assert b.data == str(tmp_path / "data" / "synth-rcv1-n60-d45-s3.h5") and b.like == "rcv1"
+    weak = plan(toy, dict(e, DATASETS="a", N_PER_WORKER=20))
+    assert {(r.workers, r.n) for r in weak} == {(1, 20), (3, 60)}
+    assert all(f"-n{r.n}-d10-" in r.data for r in weak)
+    # a staged <name>.h5 is used as it is; DATA_<NAME> names a file explicitly
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.h5").write_bytes(b"")
+    staged = plan(toy, e)[0]
+    assert (staged.data, staged.synthetic, staged.n) == (str(tmp_path / "data" / "a.h5"), False,
+                                                         None)
+    assert plan(toy, dict(e, N=100))[0].synthetic          # a size override: generate
+    assert plan(toy, dict(e, DATA_A="/x/real.h5"))[0].data == "/x/real.h5"
+
+
+def test_study_settings_of_the_paper(tmp_path):
+    """Study 1 and 3 and weak say the paper's L2 placement; study 2 the paper's QSGD levels."""
+    e = env(tmp_path)
+    for name in ("theory", "scaling", "weak"):
+        assert all(opts(r.args)["--l2"] == "worker" for r in plan(study(name), e)), name
+    for name in ("scaling", "weak"):
+        assert {r.mode for r in plan(study(name), e)} == {"async"}, name
+    levels = {r.label: opts(r.args).get("--levels") for r in plan(study("qsgd"), e)}
+    assert levels == {"top-1": None, "rand-1": None, "QSGD-s256": "256", "QSGD-s16": "16",
+                      "QSGD-s4": "4"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(METHODS="top-2 top-3"), "unknown label(s) top-3"),
+    (dict(DATASETS="c"), "data set 'c' is not described"),
+    (dict(MODE="lockfree"), "argument --mode: invalid choice: 'lockfree'"),
+    (dict(EXTRA_ARGS="--gama 2"), "unrecognized arguments: --gama 2"),
+    (dict(EXTRA_ARGS="--lam '0.1"), "EXTRA_ARGS: No closing quotation"),
+    (dict(DATASETS="a", METHODS="only-b"), None),                  # nothing to run: no error
+    (dict(BATCH_SIZE="four"), "argument --batch-size: invalid int value: 'four'"),
+    (dict(WORKERS="1 two"), "WORKERS entry must be an integer, got 'two'"),
+    (dict(N="1e3"), "N of a must be an integer, got '1e3'"),
+])
+def test_refusals(toy, tmp_path, change, message):
+    if message is None:
+        assert plan(toy, env(tmp_path, **change)) == []
+        return
+    with pytest.raises(MpimemError, match=re.escape(message)):
+        plan(toy, env(tmp_path, **change))
+
+
+def test_a_mode_or_option_mpimem_lacks_is_an_error_not_a_fallback(tmp_path):
+    """The study itself asks for what this mpimem cannot run: refused, never run as sync."""
+    for text, message in (
+            (TOY.replace('name = "toy"', 'name = "toy"\nmode = "hogwild"'),
+             "argument --mode: invalid choice: 'hogwild'"),
+            (TOY.replace("memory = true", "memory = true\nquiet = false"),
+             "unrecognized arguments: --no-quiet")):
+        toml = tmp_path / "s.toml"
+        toml.write_text(text)
+        with pytest.raises(MpimemError, match=re.escape(message)):
+            plan(load_study(str(toml)), env(tmp_path))
+
+
+def test_run_output_is_what_bash_evaluates(tmp_path):
+    """`python -m mpimem.studyplan run` prints assignments; bash's eval gets the same words."""
+    e = {"DATA_DIR": str(tmp_path), "N": "300", "D": "20", "STUDY": "qsgd",
+         "EXTRA_ARGS": "--eval-every '0.5'"}
+    toml = str(STUDIES / "qsgd.toml")
+    script = (f'eval "$({sys.executable} -m mpimem.studyplan run {toml} 2)" && '
+              'printf "%s\\n" "$RUN_LABEL" "$RUN_DATA" "$RUN_N" "${RUN_ARGS[@]}"')
+    proc = run(["bash", "-c", script], timeout=60, env=e, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    want = plan(study("qsgd"), e)[2]
+    assert proc.stdout.splitlines() == [want.label, want.data, "300", *want.args]
+
+
+def test_refused_study_is_one_line_exit_2(tmp_path):
+    """The job scripts' entry point (bash jobs/common.sh) fails at once on a study it cannot run
+    as written; before, MODE was passed on unchecked (and async fell back to sync)."""
+    proc = run(["bash", "jobs/common.sh", "count", "theory"], timeout=60, cwd=ROOT,
+               env={"MODE": "bogus", "PYTHON": sys.executable, "DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("mpimem: error: study ") and "--mode" in proc.stderr
+    ok = run([sys.executable, "-m", "mpimem.studyplan", "count", str(STUDIES / "theory.toml")],
+             timeout=60, cwd=ROOT, env={"DATA_DIR": str(tmp_path)})
+    assert ok.returncode == 0 and ok.stdout == "12\n", ok.stderr
