@@ -28,8 +28,8 @@ bench: install
 bench-scaling: install
 	$(PY) -m bench.bench_scaling
 
-figures: install
-	bash analysis/make-figures.sh
+figures: install   # into build/figures; `make figures FIGURES_OUT=docs/figures` replaces the committed ones
+	FIGURES_OUT='$(FIGURES_OUT)' bash analysis/make-figures.sh
 
 clean:
 	rm -rf $(VENV) demo-out results build *.egg-info

@@ -15,9 +15,12 @@ Writes, for the studies present:
 linearly interpolated between that point and the previous one. Default targets: the largest
 best-loss among the study's usable runs of that data set (so every usable run reaches it).
 Only usable runs enter the numbers: status "complete", and f(xbar) went below its starting value
-without diverging (analysis.load.convergence_flag). Every other run is named on stderr, in the
+without diverging (mpimem.runlabel.convergence_flag). Every other run is named on stderr, in the
 figure and in the tables; readable ones are drawn dotted, labelled with their status or flag.
-QSGD curves are labelled by their levels s and the bits per entry they sent.
+Every curve says what it sent (mpimem.runlabel.run_label: QSGD by its levels s and the bits
+per entry, memory on/off, ...); panel titles name the data set with n, d and "synthetic" for a
+generated look-alike; worker axes tick at whole workers only; log axes show only the points
+they can (the 0-MB start of a loss-against-MB curve is left out, never clamped).
 """
 import argparse
 import csv
@@ -28,9 +31,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from mpimem.compressors import make_compressor
+from mpimem.runlabel import bits_per_entry, data_label, first_crossing, run_label
 
-from .load import first_crossing, load_runs
+from .load import load_runs
 
 FIELDS = ["study", "dataset", "method", "workers", "seed", "status", "flag", "quantity", "value",
           "file"]
@@ -127,60 +130,67 @@ def _default_target(runs):
     return float(max(best)) if best else math.nan
 
 
-def wire_bits(run):
-    """Bits per entry a QSGD run sent: 1 sign + ceil(log2(s+1)) level bits for s levels (the
-    width mpimem.compressors packs; each message adds a float32 norm)."""
-    d, s = int(run.attrs["d"]), int(run.config["levels"])
-    return make_compressor("qsgd", d, levels=s, memory=False).bits
-
-
 def curve_label(run):
-    """A run's name in a legend; QSGD by its levels s and the bits per entry it sent."""
-    if run.config.get("compressor") != "qsgd" or "levels" not in run.config:
-        return run.label
-    return f"QSGD s={run.config['levels']} ({wire_bits(run)} bits/entry)"
+    """A run's name in a legend: what it sent (mpimem.runlabel.run_label: operator, QSGD levels
+    and bits per entry, memory on/off, non-default mode/topology/downlink/L2)."""
+    return run_label(run.config, int(run.attrs.get("d", 0))) if run.config else run.label
+
+
+def log_points(x, y, logx=False):
+    """The points of a curve that a log axis can show: y > 0 (and x > 0 when logx). Nothing is
+    clamped: the 0-MB starting point of a loss-against-MB curve is left out, not moved."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = (y > 0) & ((x > 0) if logx else True)
+    return x[keep], y[keep]
+
+
+def worker_ticks(ax, workers):
+    """Ticks at the worker counts run, and only there (integers, never 1.5 workers)."""
+    ax.set_xticks(sorted({int(w) for w in workers}))
 
 
 def _excluded_curves(ax, runs, x, y, colors):
     """Readable runs that enter no number, dotted and labelled with their status or flag."""
     for r in runs:
         if r.readable and not r.usable and r.metrics.get(y) is not None and r.metrics[y].size:
-            ax.plot(r.metrics[x] if x != "MB" else r.metrics["bytes_up"] / 1e6, r.metrics[y],
-                    ":", color=colors.get(r.label, "grey"),
+            xs = r.metrics[x] if x != "MB" else r.metrics["bytes_up"] / 1e6
+            ax.plot(*log_points(xs, r.metrics[y], logx=x == "MB"), ":",
+                    color=colors.get(r.label, "grey"),
                     label=f"{curve_label(r)} [{r.flag_kind or r.status}]")
 
 
 # -- (a) theory --------------------------------------------------------------------------------
-def fig_theory(runs, problems, table, out):
+def fig_theory(runs, problems, table):
     plt = _mpl()
     by_ds = _group(runs, lambda r: r.dataset)
     fig, axes = plt.subplots(1, max(1, len(by_ds)), figsize=(5 * max(1, len(by_ds)), 4),
                              squeeze=False)
     colors = _label_style(r.label for r in runs)
-    for ax, (ds, group) in zip(axes[0], by_ds.items()):
+    for ax, group in zip(axes[0], by_ds.values()):
         for r in group:
             if not r.usable:
                 continue
             ep, sub = r.metrics["epoch"], r.metrics["subopt_xbar"]
             if np.all(np.isnan(sub)):   # f* unknown: loss above the best loss seen
                 sub = r.metrics["loss_xbar"] - np.nanmin(r.metrics["loss_xbar"])
-            style = "--" if "nomem" in r.label else "-"
-            ax.semilogy(ep, np.maximum(sub, 1e-12), style, color=colors[r.label], label=r.label)
+            nomem = r.config.get("compressor") != "none" and not r.config.get("memory", True)
+            style = "--" if nomem else "-"
+            ax.semilogy(*log_points(ep, sub), style, color=colors[r.label], label=curve_label(r))
             table.add(r, "final_epoch", float(ep[-1]))
             table.add(r, "final_subopt_xbar", float(r.metrics["subopt_xbar"][-1]))
             table.add(r, "final_loss_xbar", float(r.metrics["loss_xbar"][-1]))
         _excluded_curves(ax, group, "epoch", "subopt_xbar", colors)
-        ax.set_title(f"{ds}: suboptimality of the averaged iterate")
+        ax.set_title(f"{group[0].data_title}: suboptimality of xbar", fontsize=9)
         ax.set_xlabel("epochs")
         ax.set_ylabel("f(xbar) - f*")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     _mark_problems(fig, problems)
-    return _save(fig, out, "theory.png")
+    return fig
 
 
 # -- (b) qsgd ----------------------------------------------------------------------------------
-def fig_qsgd(runs, problems, table, out, target=None):
+def fig_qsgd(runs, problems, table, target=None):
     plt = _mpl()
     by_ds = _group(runs, lambda r: r.dataset)
     fig, axes = plt.subplots(1, max(1, len(by_ds)), figsize=(6 * max(1, len(by_ds)), 4.5),
@@ -195,11 +205,11 @@ def fig_qsgd(runs, problems, table, out, target=None):
             mb = r.metrics["bytes_up"] / 1e6
             loss = r.metrics["loss_xbar"]
             style = "-" if r.config.get("compressor") != "qsgd" else "--"
-            ax.loglog(np.maximum(mb, 1e-6), loss, style, marker=".", color=colors[r.label],
-                      label=curve_label(r))
+            ax.loglog(*log_points(mb, loss, logx=True), style, marker=".",
+                      color=colors[r.label], label=curve_label(r))
             mb_to[r.label] = first_crossing(mb, loss, tgt)
             if r.config.get("compressor") == "qsgd":
-                table.add(r, "bits_per_entry", wire_bits(r))
+                table.add(r, "bits_per_entry", bits_per_entry(r.config, int(r.attrs["d"])))
             table.add(r, "total_MB_up", float(mb[-1]))
             table.add(r, "final_loss_xbar", float(loss[-1]))
             table.add(r, "target_loss", tgt)
@@ -220,7 +230,7 @@ def fig_qsgd(runs, problems, table, out, target=None):
             ax.axhline(tgt, color="k", lw=0.6, ls=":")
         ax.text(0.02, 0.02, "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom",
                 bbox=dict(facecolor="white", alpha=0.8, lw=0))
-        ax.set_title(f"{ds}: training loss against communication")
+        ax.set_title(f"{group[0].data_title}: loss against communication", fontsize=9)
         ax.set_xlabel("MB communicated (workers to server, cumulative)")
         ax.set_ylabel("f(xbar)")
         ax.grid(True, which="both", alpha=0.3)
@@ -228,7 +238,7 @@ def fig_qsgd(runs, problems, table, out, target=None):
     _mark_problems(fig, problems)
     for line in report:
         print(f"qsgd: {line}")
-    return _save(fig, out, "qsgd.png")
+    return fig
 
 
 def _train_time(run):
@@ -238,7 +248,7 @@ def _train_time(run):
 
 
 # -- (c) strong scaling ------------------------------------------------------------------------
-def fig_scaling(runs, problems, table, out, target=None):
+def fig_scaling(runs, problems, table, target=None):
     plt = _mpl()
     by_ds = _group(runs, lambda r: r.dataset)
     ncol = max(1, len(by_ds))
@@ -262,27 +272,29 @@ def fig_scaling(runs, problems, table, out, target=None):
                 table.add(None, "speedup", float(s), study=mruns[0].study, method=label)
                 table.rows[-1].update(dataset=ds, workers=w, status="complete")
             wmax = max(wmax, ws[-1])
-            axes[0, col].plot(ws, tw, "o-", color=colors[label], label=label)
-            axes[1, col].plot(ws, speed, "o-", color=colors[label], label=label)
+            name = curve_label(mruns[0])
+            axes[0, col].plot(ws, tw, "o-", color=colors[label], label=name)
+            axes[1, col].plot(ws, speed, "o-", color=colors[label], label=name)
         wgrid = np.arange(1, wmax + 1)
         axes[1, col].plot(wgrid, wgrid, "k:", lw=0.8, label="ideal")
-        axes[0, col].set_title(f"{ds}: time to loss {tgt:.5g}")
+        axes[0, col].set_title(f"{group[0].data_title}: time to loss {tgt:.5g}", fontsize=9)
         axes[0, col].set_ylabel("seconds")
         axes[1, col].set_ylabel("speed-up over the fewest workers")
         for ax in axes[:, col]:
+            worker_ticks(ax, wgrid)
             ax.set_xlabel("workers W")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     _mark_problems(fig, problems)
-    return _save(fig, out, "scaling.png")
+    return fig
 
 
 # -- weak scaling ------------------------------------------------------------------------------
-def fig_weak(runs, problems, table, out):
+def fig_weak(runs, problems, table):
     plt = _mpl()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = _label_style(r.label for r in runs)
-    wmax = 1
+    workers = {r.workers for r in runs if r.usable} or {1}
     for label, mruns in _group([r for r in runs if r.usable], lambda r: r.label).items():
         times = defaultdict(list)
         for r in mruns:
@@ -296,20 +308,25 @@ def fig_weak(runs, problems, table, out):
         for w, e in zip(ws, eff):
             table.add(None, "weak_efficiency", float(e), study=mruns[0].study, method=label)
             table.rows[-1].update(dataset=mruns[0].dataset, workers=w, status="complete")
-        wmax = max(wmax, ws[-1])
-        axes[0].plot(ws, tw, "o-", color=colors[label], label=label)
+        name = curve_label(mruns[0])
+        axes[0].plot(ws, tw, "o-", color=colors[label], label=name)
         axes[0].axhline(tw[0], color=colors[label], ls=":", lw=0.8)
-        axes[1].plot(ws, eff, "o-", color=colors[label], label=label)
+        axes[1].plot(ws, eff, "o-", color=colors[label], label=name)
     axes[1].axhline(1.0, color="k", ls=":", lw=0.8, label="ideal")
+    per_worker = sorted({data_label(r.dataset, dict(r.attrs, n=f"{int(r.attrs['n']) // r.workers} "
+                                                    "per worker"), r.meta)
+                         for r in runs if r.usable})
+    fig.suptitle("; ".join(per_worker), fontsize=9)
     axes[0].set_title("weak scaling: wall time (dotted: ideal, flat)")
     axes[0].set_ylabel("seconds for the fixed epochs")
     axes[1].set_title("weak-scaling efficiency T(W0)/T(W)")
     for ax in axes:
+        worker_ticks(ax, workers)
         ax.set_xlabel("workers W (data per worker fixed)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     _mark_problems(fig, problems)
-    return _save(fig, out, "weak.png")
+    return fig
 
 
 def _save(fig, out, name):
@@ -321,6 +338,11 @@ def _save(fig, out, name):
 
 
 FIGURES = {"theory": fig_theory, "qsgd": fig_qsgd, "scaling": fig_scaling, "weak": fig_weak}
+
+
+def draw(study, runs, problems, table, **kw):
+    """The figure of one study (a matplotlib Figure, not yet saved)."""
+    return FIGURES[study](runs, problems, table, **kw)
 
 
 def main(argv=None):
@@ -351,7 +373,7 @@ def main(argv=None):
             table.add(p, "final_loss_xbar", float(p.metrics["loss_xbar"][-1]))
     by_study = _group([r for r in runs if r.readable], lambda r: r.study)
     written = []
-    for study, fn in FIGURES.items():
+    for study in FIGURES:
         group = by_study.get(study)
         if not group:
             continue
@@ -362,7 +384,7 @@ def main(argv=None):
             kw["target"] = args.qsgd_target
         if study == "scaling":
             kw["target"] = args.scaling_target
-        written.append(fn(group, probs, table, args.out, **kw))
+        written.append(_save(draw(study, group, probs, table, **kw), args.out, f"{study}.png"))
     for study in by_study:
         if study not in FIGURES:
             print(f"analysis.figures: runs of unknown study {study!r} not drawn", file=sys.stderr)

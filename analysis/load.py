@@ -7,18 +7,21 @@ Run with `problem` set; a readable run whose status is not "complete" keeps its 
 
 Study, label, data set and worker count come from the `meta.json` the job script writes next
 to the run file; without one they are derived from the run's own attributes (the config).
+The data set's title says its size and whether it is a synthetic look-alike
+(mpimem.runlabel.data_label: meta.json's `synthetic`, else the data file's `source`).
 
 A complete run whose f(xbar) diverged or never went below its starting value gets a `flag`
 (`convergence_flag`): it is not `usable`, so no number (target, ratio, speed-up) rests on it.
 """
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from mpimem.runlabel import convergence_flag, data_label
 
 RUN_FORMAT = "mpimem-run"
 
@@ -29,6 +32,7 @@ class Run:
     study: str = "?"
     label: str = "?"
     dataset: str = "?"
+    data_title: str = "?"                   # "epsilon (synthetic, n=400, d=20)"
     workers: int = 0
     seed: int = 0
     status: str = "unreadable"
@@ -81,22 +85,6 @@ def method_label(cfg: dict) -> str:
     return base if mem else base + "-nomem"
 
 
-def convergence_flag(loss) -> str:
-    """Why a loss_xbar curve (evaluation points, the first at the start) must not enter any
-    number: "diverged" when a value is not finite or the last is above the first, "flat" when
-    no later value is below the first; "" for a curve that made progress."""
-    loss = np.asarray(loss, float)
-    if loss.size < 2:
-        return "flat: fewer than two evaluation points"
-    if not np.all(np.isfinite(loss)):
-        return "diverged: f(xbar) is not finite"
-    if loss[-1] > loss[0]:
-        return f"diverged: final f(xbar) {loss[-1]:.6g} above the starting {loss[0]:.6g}"
-    if np.min(loss[1:]) >= loss[0]:
-        return f"flat: f(xbar) never below its starting value {loss[0]:.6g}"
-    return ""
-
-
 def read_one(path, root=None) -> Run:
     path = str(path)
     run = Run(path=path)
@@ -126,6 +114,7 @@ def read_one(path, root=None) -> Run:
     run.label = m.get("label") or (method_label(c) if c else "?")
     ds = m.get("dataset") or os.path.splitext(os.path.basename(str(a.get("dataset", "?"))))[0]
     run.dataset = ds
+    run.data_title = data_label(ds, a, m)
     run.workers = int(m.get("workers") or a.get("workers") or 0)
     run.seed = int(m.get("seed", c.get("seed", 0)) or 0)
     if run.complete:
@@ -146,18 +135,3 @@ def find_run_files(root) -> list:
 def load_runs(root) -> list:
     """Every run file under ROOT as a Run (problems included), sorted by path."""
     return [read_one(p, root) for p in find_run_files(root)]
-
-
-def first_crossing(x, y, target):
-    """The x at which y first reaches <= target, linearly interpolated between the two
-    evaluation points around the crossing; NaN if never reached."""
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    hit = np.nonzero(y <= target)[0]
-    if hit.size == 0:
-        return math.nan
-    i = int(hit[0])
-    if i == 0 or y[i - 1] == y[i]:
-        return float(x[i])
-    frac = (y[i - 1] - target) / (y[i - 1] - y[i])
-    return float(x[i - 1] + frac * (x[i] - x[i - 1]))

@@ -11,7 +11,8 @@
 # for anything this mpimem cannot run (an unknown option, mode or label) fails at once, exit 2.
 # Array task i of T runs the runs i, i+T, i+2T, ... so any --array size works: one task per run
 # (--array=0-$((count-1))), or fewer tasks that each run several. Without an array every run.
-# Run r of job J writes $RESULTS/$STUDY/$J/r/{RUN.h5, meta.json, train.log}.
+# Run r of job J writes $RESULTS/$STUDY/$J/r/{RUN.h5, meta.json, train.log}; train.log gets
+# mpimem's output: one progress line per evaluation point (rounds/s, ETA), warnings, errors.
 #
 # Settings: study TOML < environment variables (all optional):
 #   RESULTS (results)  DATA_DIR (data)  DATA_<NAME> (explicit data file, e.g. DATA_EPSILON)
@@ -149,9 +150,9 @@ import json, sys, os
 m = json.load(sys.stdin); m.update(job=sys.argv[1], launcher=sys.argv[2], slurm_job_id=os.environ.get("SLURM_JOB_ID"))
 json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$dir/meta.json"
     _mm_log "run $idx: $RUN_DATASET $RUN_LABEL W=$RUN_WORKERS seed=$RUN_SEED -> $run"
-    local train=("$RUN_DATA" --out "$run" --quiet "${RUN_ARGS[@]}")
+    local train=("$RUN_DATA" --out "$run" "${RUN_ARGS[@]}")
     # with --resume the settings come from the checkpoint (docs/checkpoints.md)
-    [[ ${#resume[@]} -gt 0 ]] && train=("${resume[@]}" --out "$run" --quiet)
+    [[ ${#resume[@]} -gt 0 ]] && train=("${resume[@]}" --out "$run")
     # RUN_CKPT: --checkpoint-every where mpimem checkpoints (the sync server; async and
     # allgather runs restart on requeue)
     train+=("${RUN_CKPT[@]}")

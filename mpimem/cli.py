@@ -36,7 +36,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .data import cli as data_cli
-    from . import train_cli, info_cli
+    from . import train_cli, info_cli, export_cli, plot_cli
 
     parser = OneLineParser(prog="mpimem", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mpimem {__version__}")
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(sub)
     train_cli.register(sub)
     info_cli.register(sub)
+    export_cli.register(sub)
+    plot_cli.register(sub)
     return parser
 
 

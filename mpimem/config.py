@@ -5,12 +5,19 @@ Precedence: built-in defaults < `--config FILE.toml` < command-line options. The
 measured in docs/design.md); the resolved configuration (every field, with k, lambda, the steps
 and the shift made concrete, plus extra["notes"]: what was chosen for the user) is stored in
 RUN.h5. Every check runs before any rank does work and fails with one line naming the setting.
+
+dump_toml writes a configuration back as TOML (`mpimem train --dump-config`, the examples in
+docs/configs/ made by study_examples); scale_note is the start-up hint for data whose rows are
+far from unit norm.
 """
 import dataclasses
 import json
 import math
+import numbers
 import tomllib
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .compressors import COMPRESSORS, levels_from_bits, make_compressor
 from .errors import MpimemError
@@ -262,3 +269,96 @@ def _resolve_steps(cfg: TrainConfig, n: int, d: int) -> None:
     if cfg.schedule == "decay" and shift == 0:
         raise MpimemError("--schedule decay needs --shift > 0 (eta_0 = gamma/(lam a))")
     cfg.shift = shift
+
+
+# ---------------------------------------------------------------------- writing TOML
+TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+                "\r": "\\r"}
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string: quote, backslash and the control characters
+    (U+0000..U+001F, U+007F) escaped, everything else literal (UTF-8). A lone surrogate (an
+    undecodable byte of a file name) has no TOML spelling: MpimemError."""
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise MpimemError(f"{text!r} cannot be written as TOML (not valid Unicode)")
+    out = (TOML_ESCAPES.get(ch) or (f"\\u{ord(ch):04X}" if ord(ch) < 0x20 or ord(ch) == 0x7F
+                                    else ch) for ch in text)
+    return '"' + "".join(out) + '"'
+
+
+def toml_scalar(value) -> str:
+    """A bool, int, float or str as a TOML value; a float by repr, which tomllib reads back
+    to the same double (inf and nan included)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))   # not numpy's repr, 'np.float64(...)'
+    return toml_string(value)
+
+
+def toml_table(settings: dict, comments=()) -> str:
+    """`settings` (name: bool/int/float/str) as a [train] table, `comments` as '# ' lines above."""
+    lines = [f"# {c}" for c in comments] + ["[train]"]
+    lines += [f"{name} = {toml_scalar(value)}" for name, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def dump_toml(cfg: TrainConfig, comments=()) -> str:
+    """The settings of `cfg` as TOML that load_toml reads back to the same values: every field
+    in declaration order except those a file cannot set (NOT_IN_FILE), `extra`, and the ones
+    left at None (their defaults)."""
+    settings = {name: getattr(cfg, name) for name in FIELD_TYPES
+                if name not in NOT_IN_FILE and getattr(cfg, name) is not None}
+    return toml_table(settings, comments)
+
+
+def study_examples(path: str) -> dict:
+    """{file name: TOML text}: one example config per method of the study file `path`, named
+    STUDY-LABEL.toml, holding the settings of that method's runs on its first data set as
+    mpimem.studyplan makes them ([train] < method < the data set's epochs, the study's
+    eval_every and mode; seed 0) and data = the staged data/NAME.h5. docs/configs/ holds them."""
+    from .studyplan import load_study, train_options
+
+    study = load_study(path)
+    name, workers = study["study"]["name"], study["study"].get("workers", [1])
+    examples = {}
+    for method in study["methods"]:
+        ds = method.get("datasets", study["study"]["datasets"])[0]
+        opts = train_options(study, method, study["datasets"][ds], 0, {})
+        settings = {"data": f"data/{ds}.h5"}
+        settings.update((key, toml_value(path, key, value)) for key, value in opts.items())
+        file = f"{name}-{method['label']}.toml"
+        examples[file] = toml_table(settings, [
+            f"Study '{name}', method '{method['label']}' on {ds} (jobs/studies/{name}.toml),",
+            "written by mpimem.config.study_examples. Run with W workers (the study's W: "
+            f"{', '.join(map(str, workers))}):",
+            f"  mpiexec -n W+1 mpimem train --config docs/configs/{file} [DATA.h5] [OPTIONS]",
+            "options given on the command line override these settings."])
+    return examples
+
+
+# ---------------------------------------------------------------------- scale hint
+NORM_RANGE = (0.5, 2.0)   # mean row norm the default steps are fine with (squared: 0.25..4)
+
+
+def row_norm_sum(X) -> float:
+    """sum_i ||a_i||_2 over the rows of a dense array or a scipy CSR matrix (float64 sums)."""
+    if hasattr(X, "indptr"):
+        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        squares = np.bincount(rows, np.square(X.data, dtype=np.float64), minlength=X.shape[0])
+    else:
+        squares = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    return float(np.sqrt(squares).sum())
+
+
+def scale_note(mean_norm: float):
+    """The start-up note when the mean row norm is outside NORM_RANGE (the default steps,
+    gamma/(lam (t+a)) with gamma = 2, assume ||a_i|| ~ 1: f's smoothness grows with ||a_i||^2,
+    and raw LIBSVM features diverge), else None."""
+    if NORM_RANGE[0] <= mean_norm <= NORM_RANGE[1]:
+        return None
+    return (f"rows have mean norm {mean_norm:.3g} (not ~1): the default steps assume unit-norm "
+            f"rows; normalise the data (mpimem data convert --normalize) or lower --gamma")

@@ -1,17 +1,51 @@
-"""`mpimem info RUN.h5`: a summary of a run file (settings, status, final losses, traffic).
+"""`mpimem info [--json] RUN.h5`: a summary of a run file (settings, status, progress, losses,
+traffic, per-rank times).
 
-Works on a run in progress (the run file on disk is always complete, mpimem.runfile) and on
-any damaged file: a file that is not a readable run file (damaged config, no status, ...) is
-one line `mpimem: error: ...`, exit 2; an attribute that is missing or of the wrong type is
-shown as '?'.
+Works on a run in progress (the run file on disk is always complete, mpimem.runfile): status
+running, the last evaluation point, the speed and an ETA. Works on any damaged file: a file that
+is not a readable run file (damaged config, no status, ...) is one line `mpimem: error: ...`,
+exit 2; an attribute that is missing or of the wrong type is shown as '?' (null in JSON).
+
+Speed and ETA, from the last evaluation row (round R, train_time T, wall_time S; both times count
+from the start of the run, across resumptions): rounds/s = R / T (training only, evaluation
+excluded), R / S overall; ETA = (rounds - R) S / R seconds after the last point was written
+(the file's modification time), shown only while the status is running.
+
+The settings line says what ran: the compressor with k (top_k/rand_k) or the QSGD levels s and
+the bits per entry as sent (1 sign bit + ceil(log2(s+1)) level bits, mpimem.compressors), the
+error memory as it ran (never with compressor none), where the L2 term acts, the step schedule,
+gamma and shift a (in samples), the averaging, mode, topology, downlink-k when set, the batch size b and the
+number of workers W. The per-rank timing table has a server row only where there is a server
+(topology allgather has none: rank r is worker r+1).
+
+`--json` prints one JSON object with these keys (always all of them; a value that is unknown,
+or a float that is not finite, is null):
+- "path": the run file as given; "status": running, complete, failed or preempted;
+- "attrs": every root attribute of the file except config (hosts decoded to a list);
+- "settings": the resolved configuration as recorded (the config attribute);
+- "as_run": {"memory": the error memory as it ran, "bits_per_entry": QSGD/ternary bits per
+  entry on the wire (null for the others), "server": whether a server rank took part};
+- "points": the number of evaluation points; "last": {metric: value} of the last one, or null;
+- "progress": {"round", "rounds", "rounds_per_s" (R / T), "rounds_per_s_wall" (R / S),
+  "eta_s" (null unless running), "written": the file's modification time, UTC ISO 8601};
+- "timing": null, or {"columns": [...], "ranks": [{"rank", "role", "seconds": [...]}]}.
 """
+import json
+import math
+import os
+from datetime import datetime, timezone
 
+import numpy as np
+
+from .metrics import METRICS
 from .runfile import read_run
+from .runlabel import bits_per_entry, memory_ran
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="summarise a run file (RUN.h5)")
+    p = sub.add_parser("info", help="summarise a run file (RUN.h5), also while it runs")
     p.add_argument("run", help="run file written by mpimem train")
+    p.add_argument("--json", action="store_true", help="one JSON object (keys: `pydoc mpimem.info_cli`)")
     p.set_defaults(func=show)
 
 
@@ -25,36 +59,173 @@ def fmt(value, spec: str = "") -> str:
         return "?"
 
 
+# ---------------------------------------------------------------------- what the file holds
+def metric_table(metrics: dict):
+    """(names, rows): the metric columns (METRICS order, then any other, sorted) and the number
+    of complete evaluation points (the shortest column)."""
+    names = [k for k in METRICS if k in metrics] + sorted(set(metrics) - set(METRICS))
+    return names, min((len(metrics[k]) for k in names), default=0)
+
+
+def last_point(metrics: dict):
+    """{metric: float} of the last evaluation point, or None when there is none."""
+    names, rows = metric_table(metrics)
+    return {k: float(metrics[k][rows - 1]) for k in names} if rows else None
+
+
+def has_server(cfg: dict) -> bool:
+    """A server rank (rank 0) took part: every topology but allgather."""
+    return cfg.get("topology", "server") != "allgather"
+
+
+def _number(value):
+    """A finite float or int as it is, anything else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def progress(run: dict, path: str) -> dict:
+    """Speed and ETA of a run from its last evaluation row (module docstring)."""
+    a, last = run["attrs"], last_point(run["metrics"]) or {}
+    rounds, r = _number(a.get("rounds")), last.get("round")
+    train, wall = last.get("train_time"), last.get("wall_time")
+    rate = r / train if r and train and train > 0 else None
+    wall_rate = r / wall if r and wall and wall > 0 else None
+    eta = None
+    if a.get("status") == "running" and wall_rate and rounds is not None:
+        eta = max(0.0, rounds - r) / wall_rate
+    written = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc)
+    return {"round": int(r) if r is not None and math.isfinite(r) else None, "rounds": rounds,
+            "rounds_per_s": rate, "rounds_per_s_wall": wall_rate, "eta_s": eta,
+            "written": written.isoformat(timespec="seconds")}
+
+
+def timing_rows(run: dict):
+    """[(rank, role, seconds per column)] of the per-rank timing table ([] when absent)."""
+    if run["timing"] is None:
+        return []
+    server = has_server(run["attrs"]["config"])
+    return [(rank, "server" if server and rank == 0 else f"worker {rank if server else rank + 1}",
+             [float(v) for v in row]) for rank, row in enumerate(run["timing"]["seconds"])]
+
+
+# ---------------------------------------------------------------------- JSON
+def _plain(value):
+    """A JSON-ready copy: numpy scalars and arrays to Python, non-finite floats to null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def summary(run: dict, path: str) -> dict:
+    """The `--json` object (module docstring)."""
+    a, cfg = run["attrs"], run["attrs"]["config"]
+    attrs = {k: v for k, v in a.items() if k != "config"}
+    if isinstance(attrs.get("hosts"), str):
+        try:
+            attrs["hosts"] = json.loads(attrs["hosts"])
+        except ValueError:
+            pass
+    timing = None
+    if run["timing"] is not None:
+        timing = {"columns": run["timing"]["columns"],
+                  "ranks": [{"rank": rank, "role": role, "seconds": secs}
+                            for rank, role, secs in timing_rows(run)]}
+    return _plain({
+        "path": path, "status": a["status"], "attrs": attrs, "settings": cfg,
+        "as_run": {"memory": memory_ran(cfg), "bits_per_entry": bits_per_entry(cfg, a.get("d")),
+                   "server": has_server(cfg)},
+        "points": metric_table(run["metrics"])[1], "last": last_point(run["metrics"]),
+        "progress": progress(run, path), "timing": timing,
+    })
+
+
+# ---------------------------------------------------------------------- text
+def operator_text(cfg: dict, d) -> str:
+    """The compressor with what sets its message size: k, or QSGD levels and bits per entry."""
+    name = cfg.get("compressor")
+    if name in ("top_k", "rand_k"):
+        return f"{name} k={fmt(cfg.get('k'))}"
+    bits = bits_per_entry(cfg, d)
+    if name == "qsgd":
+        return f"qsgd s={fmt(cfg.get('levels'))} levels ({fmt(bits)} bits per entry)"
+    if name == "ternary":
+        return f"ternary ({fmt(bits)} bits per entry)"
+    return fmt(name)
+
+
+def settings_text(cfg: dict, a: dict) -> str:
+    """The settings line (module docstring)."""
+    memory = memory_ran(cfg)
+    parts = [operator_text(cfg, a.get("d")),
+             "memory " + ("?" if memory is None else "on" if memory else "off"),
+             f"l2 {fmt(cfg.get('l2'))}",
+             f"schedule {fmt(cfg.get('schedule'))} gamma={fmt(cfg.get('gamma'), 'g')} "
+             f"a={fmt(cfg.get('shift'), 'g')} samples",
+             f"averaging {fmt(cfg.get('averaging'))}",
+             f"mode {fmt(cfg.get('mode'))}" + (f" ({cfg['async_step']} step)"
+                                                if cfg.get("mode") == "async" else ""),
+             f"topology {fmt(cfg.get('topology'))}"]
+    if cfg.get("downlink_k") is not None:
+        parts.append(f"downlink-k {fmt(cfg['downlink_k'])}")
+    parts += [f"b={fmt(cfg.get('batch_size'))}", f"W={fmt(a.get('workers'))}",
+              f"seed {fmt(cfg.get('seed'))}"]
+    return ", ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '3m07s' or '2h05m'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def progress_text(p: dict) -> str:
+    """'round R of N, X rounds/s (Y with evaluation)[, ETA ...]'."""
+    text = (f"round {fmt(p['round'])} of {fmt(p['rounds'])}, {fmt(p['rounds_per_s'], '.1f')} "
+            f"rounds/s ({fmt(p['rounds_per_s_wall'], '.1f')} with evaluation)")
+    if p["eta_s"] is not None:
+        text += f", ETA {duration(p['eta_s'])} after the last point (written {p['written']})"
+    return text
+
+
 def show(args) -> int:
     run = read_run(args.run)
+    if args.json:
+        print(json.dumps(summary(run, str(args.run)), sort_keys=True))
+        return 0
     a, m, cfg = run["attrs"], run["metrics"], run["attrs"]["config"]
     print(f"{args.run}: status {a['status']}, mpimem {fmt(a.get('mpimem_version'))}, "
           f"{fmt(a.get('workers'))} workers on {fmt(a.get('hosts'))}")
     print(f"  data {fmt(a.get('dataset'))} (n={fmt(a.get('n'))}, d={fmt(a.get('d'))}), "
           f"lambda {fmt(a.get('lam'), '.3g')}, f* {fmt(a.get('fstar'), '.10g')}")
-    print(f"  {fmt(cfg.get('compressor'))} k={fmt(cfg.get('k'))} memory={fmt(cfg.get('memory'))} "
-          f"b={fmt(cfg.get('batch_size'))} schedule={fmt(cfg.get('schedule'))} "
-          f"gamma={fmt(cfg.get('gamma'))} a={fmt(cfg.get('shift'))} "
-          f"averaging={fmt(cfg.get('averaging'))} l2={fmt(cfg.get('l2'))} seed={fmt(cfg.get('seed'))}")
-    rows = min((len(v) for v in m.values()), default=0)
-    if rows:
-        last = {k: v[rows - 1] for k, v in m.items()}
-        print(f"  {rows} evaluation points; last: epoch {fmt(last.get('epoch'), '.3f')}, "
+    print(f"  settings: {settings_text(cfg, a)}")
+    last = last_point(m)
+    if last:
+        print(f"  {metric_table(m)[1]} evaluation points; last: epoch {fmt(last.get('epoch'), '.3f')}, "
               f"f(xbar) {fmt(last.get('loss_xbar'), '.8g')}, "
               f"f(xbar)-f* {fmt(last.get('subopt_xbar'), '.3e')}, "
               f"f(x)-f* {fmt(last.get('subopt_x'), '.3e')}, "
               f"accuracy {fmt(last.get('acc_xbar'), '.4f')}")
+        print(f"  progress: {progress_text(progress(run, args.run))}")
         up, down, samples = (last.get(k) for k in ("bytes_up", "bytes_down", "samples"))
         if None not in (up, down, samples):
             print(f"  traffic: {up / 1e6:.3f} MB up, {down / 1e6:.3f} MB down, "
                   f"{up / max(1.0, samples):.2f} bytes up per sample; "
                   f"wall {fmt(last.get('wall_time'), '.2f')} s")
-    if run["timing"] is not None:
-        cols, secs = run["timing"]["columns"], run["timing"]["seconds"]
-        print("  seconds per rank: " + "  ".join(f"{c:>13s}" for c in cols))
-        for rank, row in enumerate(secs):
-            who = "server" if rank == 0 else f"worker {rank}"
-            print(f"  {who:>16s}: " + "  ".join(f"{v:13.3f}" for v in row))
+    rows = timing_rows(run)
+    if rows:
+        print("  seconds per rank: " + "  ".join(f"{c:>13s}" for c in run["timing"]["columns"]))
+        for _, who, secs in rows:
+            print(f"  {who:>16s}: " + "  ".join(f"{v:13.3f}" for v in secs))
     if a.get("error"):
         print(f"  error: {a['error']}")
     return 0

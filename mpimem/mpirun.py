@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .compressors import make_compressor
-from .config import resolve
+from .config import resolve, row_norm_sum, scale_note
 from .engine import (TIMING_COLUMNS, RoundRule, ShardData, WorkerState, eval_rounds,
                      make_averager, total_rounds, xbar_of)
 from .errors import MpimemError, at_abort, fault_point, report
@@ -212,13 +212,23 @@ class Run:
             print(f"mpimem: warning: {message}", file=sys.stderr, flush=True)
 
     def progress(self, row):
+        """Rank 0, one line per evaluation point (not with --quiet): epoch, round, loss,
+        accuracy, MB up, wall time, and the pace of this process so far: rounds/s =
+        (round - start round) / (wall time - time before a resume), ETA = rounds left / that
+        rate (h:mm:ss; "-" before the first round of this process)."""
         if self.cfg.quiet:
             return
         gap = row["subopt_xbar"]
         loss = f"f(xbar)-f* {gap:10.3e}" if np.isfinite(gap) else f"f(xbar) {row['loss_xbar']:.6f}"
+        done, spent = row["round"] - self.start_round, row["wall_time"] - self.elapsed0
+        pace = f"rounds/s {'-':>9}  ETA -"
+        if done > 0 and spent > 0:
+            minutes, secs = divmod(int(np.ceil((self.rounds - row["round"]) * spent / done)), 60)
+            pace = (f"rounds/s {done / spent:9.1f}  "
+                    f"ETA {minutes // 60}:{minutes % 60:02d}:{secs:02d}")
         print(f"epoch {row['epoch']:7.3f}  round {int(row['round']):9d}  {loss}  "
               f"acc {row['acc_xbar']:.4f}  MB up {row['bytes_up'] / 1e6:9.3f}  "
-              f"{row['wall_time']:7.1f} s", flush=True)
+              f"{row['wall_time']:7.1f} s  {pace}", flush=True)
 
     # ------------------------------------------------------------------ the whole run
     def loop(self, writer):
@@ -326,6 +336,7 @@ def train(cfg, explicit=()) -> int:
                           if ckpt else None, root=0)
         cfg = agree(comm, lambda: CK.resume_config(head, cfg, explicit, comm.Get_size() - 1))
     run = agree(comm, lambda: Run(comm, cfg))
+    norm_sum = comm.reduce(row_norm_sum(run.shard.X) if run.worker_id else 0.0, root=0)
     sync = run.cfg.mode == "sync" and run.cfg.topology == "server"
     if not sync:  # no sync points to stop at: a signal stops this run at once (mpimem.signals)
         immediate(run.rank)
@@ -364,6 +375,9 @@ def train(cfg, explicit=()) -> int:
               f"{run.rounds} rounds of b={run.cfg.batch_size} -> {run.cfg.out}", flush=True)
     for note in run.cfg.extra.get("notes", []) if run.rank == 0 else ():  # settings chosen for the user
         print(f"mpimem train: note: {note}", file=sys.stderr, flush=True)
+    hint = scale_note(norm_sum / run.n) if run.rank == 0 else None   # data far from unit norm
+    if hint:
+        print(f"mpimem train: note: {hint}", file=sys.stderr, flush=True)
     try:
         outcome = select_loop(run.cfg)(run, writer)
         final = run.gather_final() if outcome != "preempted" else None
@@ -381,8 +395,9 @@ def train(cfg, explicit=()) -> int:
             "preempted", extra_attrs={"preempted_round": run.ck.stopped_at}))
         if run.rank == 0:
             print(f"mpimem train: stopped by a signal at round {run.ck.stopped_at}; checkpoint "
-                  f"{run.ck.last_path}; resume with: mpimem train --resume {run.cfg.out} "
-                  f"(exit {CK.EX_TEMPFAIL})", file=sys.stderr, flush=True)
+                  f"{run.ck.last_path}; resume with: mpiexec -n {comm.Get_size()} mpimem train "
+                  f"--resume {os.path.abspath(run.cfg.out)} (exit {CK.EX_TEMPFAIL})",
+                  file=sys.stderr, flush=True)
         return CK.EX_TEMPFAIL
 
     def complete():  # every rank exits 2 if the disk refuses the final run file

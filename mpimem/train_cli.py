@@ -1,8 +1,13 @@
-"""`mpimem train DATA.h5 ...`: the options of Mem-SGD training (run under mpiexec -n W+1)."""
+"""`mpimem train DATA.h5 ...`: the options of Mem-SGD training (run under mpiexec -n W+1), and
+`--dump-config`, which prints the resolved configuration as TOML (one process is enough)."""
 import argparse
+import os
 
+from . import __version__
 from .compressors import COMPRESSORS
-from .config import ASYNC_STEPS, L2_PLACEMENTS, MODES, TOPOLOGIES, load_toml, merge
+from .config import (ASYNC_STEPS, L2_PLACEMENTS, MODES, TOPOLOGIES, dump_toml, load_toml, merge,
+                     resolve)
+from .errors import MpimemError
 from .schedule import AVERAGINGS, SCHEDULES
 
 
@@ -53,6 +58,10 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
     g.add_argument("--eval-every", type=float, help="epochs between evaluations (default: 10 points a run)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    g.add_argument("--dump-config", action="store_true", default=None,
+                   help="print the configuration resolved against the data set as TOML (a "
+                        "--config file) and exit without training; needs no mpiexec (checked "
+                        "for the world's W under mpiexec, else MPIMEM_EXPECT_RANKS ranks, else W=1)")
     g = p.add_argument_group("checkpoints (docs/checkpoints.md)")
     g.add_argument("--checkpoint-every", metavar="N|Ts",
                    help="checkpoint every N rounds or every T seconds ('500', '30s', '5m'; "
@@ -70,12 +79,58 @@ def register(sub) -> None:
 def run(args) -> int:
     from .mpirun import train
 
-    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    cli = {k: v for k, v in vars(args).items()
+           if k not in ("func", "command", "config", "dump_config")}
     cfg = merge(cli, args.config)
     if not cfg.data and not cfg.resume:
-        from .errors import MpimemError
         raise MpimemError("train: the data set is required (or --resume RUN.h5)")
+    if args.dump_config:
+        return dump_config(cfg)
     explicit = {k for k, v in cli.items() if v is not None}   # what --resume must honour
     if args.config:
         explicit |= set(load_toml(args.config))
     return train(cfg, explicit=explicit)
+
+
+def dump_workers(comm, topology: str) -> int:
+    """The W that --dump-config checks the settings for (W enters only the checks, never a
+    resolved value): the world's workers under mpiexec; in a single process, the workers of
+    MPIMEM_EXPECT_RANKS ranks when it is set, else 1."""
+    from .mpirun import check_world_size
+
+    ranks = comm.Get_size()
+    if ranks > 1:
+        check_world_size(comm)
+    elif os.environ.get("MPIMEM_EXPECT_RANKS"):
+        ranks = int(os.environ["MPIMEM_EXPECT_RANKS"])
+    else:
+        return 1
+    return ranks - (0 if topology == "allgather" else 1)
+
+
+def dump_config(cfg) -> int:
+    """--dump-config: resolve `cfg` against the data set (mpimem.config.resolve) and print it
+    as TOML on rank 0's stdout (mpimem.config.dump_toml), a file `--config` takes back to the
+    same run; every rank exits 0 without training, or 2 with one line on a bad setting."""
+    from mpi4py import MPI
+
+    from .data.dataset import read_meta
+    from .mpirun import agree
+
+    comm = MPI.COMM_WORLD
+
+    def resolved():
+        if cfg.resume:
+            raise MpimemError("--dump-config prints a new run's settings; it does not take "
+                              "--resume")
+        workers = dump_workers(comm, cfg.topology)
+        meta = read_meta(cfg.data)
+        notes = [f"mpimem train configuration (mpimem {__version__}), resolved for n={meta.n} "
+                 f"d={meta.d} and W={workers} workers; use it with --config FILE"]
+        out = resolve(cfg, meta.n, meta.d, workers)
+        return dump_toml(out, notes + [f"note: {note}" for note in out.extra.get("notes", [])])
+
+    text = agree(comm, resolved)
+    if comm.Get_rank() == 0:
+        print(text, end="", flush=True)
+    return 0

@@ -14,8 +14,10 @@ import h5py
 import numpy as np
 import pytest
 
-from analysis.load import convergence_flag
+from analysis.figures import Table, draw
+from analysis.load import convergence_flag, load_runs
 from conftest import ROOT, run, run_mpi
+from mpimem.runlabel import data_label, run_label
 
 PY = str(Path(__import__("sys").executable))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -110,7 +112,7 @@ def test_table_matches_hdf5(results, tmp_path):
         mb[label] = _crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt)
     ratio = float(by[("qsgd", "QSGD-s256", "1")]["bits_ratio_vs_top-1"]["value"])
     assert ratio == pytest.approx(mb["QSGD-s256"] / mb["top-1"])
-    assert "QSGD s=256 (10 bits/entry) / top-1:" in proc.stdout and "bits to target" in proc.stdout
+    assert "QSGD s=256 (10 bits/entry), no memory / top-1:" in proc.stdout and "bits to target" in proc.stdout
     # speed-up of rand-10 at W=2 = T(1)/T(2) from the files
     speed = [r for r in rows if r["quantity"] == "speedup" and r["workers"] == "2"]
     t = {r["workers"]: float(r["value"]) for r in rows if r["quantity"] == "time_to_target_s"}
@@ -208,3 +210,77 @@ def test_diverged_run_is_named_and_left_out(results, tmp_path):
 ])
 def test_convergence_flag(loss, flag):
     assert convergence_flag(loss).split(":")[0] == flag
+
+
+def _drawn(results, study):
+    runs = [r for r in load_runs(results) if r.study == study]
+    return runs, draw(study, runs, [], Table())
+
+
+def test_figures_say_what_they_show(results):
+    """Titles name the data set with n, d and "synthetic"; worker axes tick at whole workers;
+    the loss-against-MB curves leave the 0-MB start out (a log axis cannot show it) instead of
+    drawing it clamped at 1e-6 MB; QSGD is labelled with its levels, bits and memory."""
+    runs, fig = _drawn(results, "qsgd")
+    (ax,) = fig.axes
+    assert ax.get_title().startswith("epsilon (synthetic, n=400, d=20)")
+    assert ax.get_xscale() == "log"
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(names) == ["QSGD s=256 (10 bits/entry), no memory", "top-1, memory"]
+    for line, name in zip(ax.get_lines(), names):
+        (r,) = [r for r in runs if run_label(r.config, 20) == name]
+        m = _h5(r.path)
+        assert m["bytes_up"][0] == 0
+        assert np.array_equal(line.get_xdata(), m["bytes_up"][1:] / 1e6)
+        assert np.array_equal(line.get_ydata(), m["loss_xbar"][1:])
+    _, fig = _drawn(results, "scaling")
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [1, 2]
+    _, fig = _drawn(results, "theory")
+    assert fig.axes[0].get_title().startswith("epsilon (synthetic, n=400, d=20)")
+
+
+def test_synthetic_known_from_the_data_file_without_meta(results, tmp_path):
+    """A run file away from its study folder (no meta.json): the data file it names says
+    synthetic by its `source`; once that file is gone, the label says it cannot tell."""
+    (f,) = [f for f in results.rglob("RUN.h5") if "/theory/" in str(f)]
+    with h5py.File(f, "r") as h:
+        attrs = dict(h.attrs)
+    assert data_label("eps", attrs, {}) == "eps (synthetic, n=400, d=20)"
+    attrs["dataset"] = str(tmp_path / "gone.h5")
+    assert data_label("eps", attrs, {}) == "eps (synthetic or real: unknown, n=400, d=20)"
+    assert data_label("eps", attrs, {"synthetic": False}) == "eps (n=400, d=20)"
+
+
+@pytest.mark.parametrize("cfg, label", [
+    (dict(compressor="qsgd", levels=16, memory=True), "QSGD s=16 (6 bits/entry), memory"),
+    (dict(compressor="qsgd", levels=16, memory=False), "QSGD s=16 (6 bits/entry), no memory"),
+    (dict(compressor="none", memory=True), "SGD"),
+    (dict(compressor="rand_k", k=3, memory=True, mode="async", topology="server",
+          downlink_k=None, l2="server"), "rand-3, memory, mode async, l2 server"),
+    (dict(compressor="top_k", k=1, memory=False, topology="allgather", downlink_k=5),
+     "top-1, no memory, topology allgather, downlink top-5"),
+])
+def test_run_label_says_what_was_sent(cfg, label):
+    assert run_label(cfg, 20) == label
+
+
+def test_make_figures_writes_to_build_unless_asked(tmp_path):
+    """`make figures` draws into build/figures; the committed docs/figures stay as they are
+    unless FIGURES_OUT names them (the Makefile passes FIGURES_OUT through)."""
+    docs = {p.name: p.read_bytes() for p in (ROOT / "docs" / "figures").glob("*.png")}
+    build = ROOT / "build" / "figures" / "qsgd.png"
+    build.unlink(missing_ok=True)
+    env = {"FIG_RESULTS": str(tmp_path / "results"), "FIG_DATA": str(tmp_path / "data"),
+           "STUDIES": "qsgd", "METHODS": "top-1", "PATH": f"{Path(PY).parent}:/usr/bin:/bin"}
+    proc = run(["bash", str(ROOT / "analysis" / "make-figures.sh")], timeout=280, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert build.read_bytes()[:8] == PNG
+    assert {p.name: p.read_bytes() for p in (ROOT / "docs" / "figures").glob("*.png")} == docs
+    out = tmp_path / "asked"
+    proc = run(["bash", str(ROOT / "analysis" / "make-figures.sh")], timeout=280,
+               env=dict(env, FIGURES_OUT=str(out), KEEP="1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "qsgd.png").read_bytes()[:8] == PNG
+    dry = run(["make", "-n", "figures", f"FIGURES_OUT={out}"], cwd=ROOT)
+    assert f"FIGURES_OUT='{out}' bash analysis/make-figures.sh" in dry.stdout

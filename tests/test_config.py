@@ -1,13 +1,18 @@
 """Configuration: the TOML file checked against each option's type (one line naming the setting
 and the file), dashes and underscores in keys, the data set settable in a file, `resume` refused
-there, and the Python version pyproject promises against what the sources import."""
+there, and the Python version pyproject promises against what the sources import; the TOML
+that `--dump-config` writes read back to the same settings and the same run; the example
+configs in docs/configs/ against the study files."""
+import dataclasses
 import re
 import tomllib
 
 import pytest
 
-from conftest import MPIEXEC, ROOT, mpimem_cmd, run, run_mpi
-from mpimem.config import load_toml, merge
+from conftest import MPIEXEC, ROOT, mpimem_cmd, run, run_cli, run_mpi
+from mpimem.config import (FIELD_TYPES, NOT_IN_FILE, TrainConfig, dump_toml, load_toml, merge,
+                           resolve, study_examples)
+from mpimem.data.dataset import read_meta
 from mpimem.errors import MpimemError
 from mpimem.runfile import read_run
 
@@ -123,3 +128,128 @@ def test_data_from_the_file_and_async_default_steps_said_once(eps, tmp_path):
     assert (cfg["schedule"], cfg["gamma"], cfg["mode"], cfg["data"]) == ("bottou", 1.0, "async", eps)
     assert cfg["extra"]["notes"] == [notes[0].split("note: ", 1)[1]]
     assert attrs["status"] == "complete"
+
+
+# ---------------------------------------------------------------------- --dump-config
+AWKWARD = 'a "quoted" \\back\\slash\n\ttab \x00\x1f\x7f \u00fc \U0001F600 # [x] = \'y\'.h5'
+DUMPED = [
+    TrainConfig(),
+    TrainConfig(data=AWKWARD, out="=\"\\\\\"=.h5", compressor="qsgd", levels=256, memory=False,
+                gamma=0.1 + 0.2, lam=1e-300, eval_every=1 / 3, epochs=1e16, shift="5d/k",
+                checkpoint_every="30s", resume="RUN.h5", overwrite=True),
+    TrainConfig(data="d.h5", k_fraction=0.1, samples=12345, gamma=float("inf"), shift="2.5",
+                mode="async", async_step="mean", downlink_k=3, seed=2**40, quiet=True),
+]
+
+
+@pytest.mark.parametrize("cfg", DUMPED, ids=["defaults", "awkward", "numbers"])
+def test_dumped_toml_loads_back_to_the_same_settings(cfg, tmp_path):
+    """Every settable field that is not None comes back with the same value and type (floats
+    bit for bit, strings with quotes, backslashes, control and non-ASCII characters); the
+    launch-only settings (resume, overwrite) and None values are left out, so the file loads."""
+    path = write(tmp_path, dump_toml(cfg, ["a comment"]))
+    expect = {name: getattr(cfg, name) for name in FIELD_TYPES
+              if name not in NOT_IN_FILE and getattr(cfg, name) is not None}
+    got = load_toml(path)
+    assert got == expect
+    assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in expect.items()}
+    assert merge({}, path) == dataclasses.replace(cfg, resume=None, overwrite=False)
+
+
+def test_a_string_toml_cannot_spell_is_refused_in_one_line():
+    with pytest.raises(MpimemError, match="cannot be written as TOML"):
+        dump_toml(TrainConfig(data="bad\udcff.h5"))
+
+
+RESOLVED = [dict(compressor="qsgd", bits=3), dict(compressor="top_k", k_fraction=0.05),
+            dict(compressor="rand_k", k=3, shift="5d/k", batch_size=2, averaging="uniform"),
+            dict(compressor="none", memory=False, samples=700, lam=0.0, schedule="constant",
+                 gamma=0.05)]
+
+
+@pytest.mark.parametrize("settings", RESOLVED, ids=[r["compressor"] for r in RESOLVED])
+def test_a_dumped_resolved_config_resolves_to_itself(settings, tmp_path):
+    """resolve(load(dump(resolve(cfg)))) == resolve(cfg): the file pins every resolved value
+    (k, levels, lambda, steps, the shift in samples, the evaluation interval)."""
+    first = resolve(TrainConfig(data="x.h5", **settings), 1200, 120, 3)
+    path = write(tmp_path, dump_toml(first))
+    assert resolve(merge({}, path), 1200, 120, 3) == first
+
+
+def test_dump_config_needs_no_mpiexec_and_the_dump_reused_gives_the_identical_run(eps, tmp_path):
+    """`mpimem train DATA --dump-config > run.toml` in one process (W from MPIMEM_EXPECT_RANKS),
+    then the same options and `--config run.toml` under mpiexec: bit-identical final x and
+    xbar, the same resolved configuration in both run files."""
+    opts = ["--compressor", "qsgd", "--bits", "3", "--epochs", "0.2", "--quiet"]
+    dumped = run_cli(["train", eps, *opts, "--dump-config"], check=True,
+                     env={"MPIMEM_EXPECT_RANKS": "3"})
+    assert dumped.stderr == ""
+    assert "resolved for n=1200 d=120 and W=2 workers" in dumped.stdout
+    assert "levels = 3\n" in dumped.stdout and "resume" not in dumped.stdout
+    path = write(tmp_path, dumped.stdout, "run.toml")
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    run_mpi(3, ["train", eps, *opts, "--out", a], timeout=180, check=True)
+    run_mpi(3, ["train", "--config", path, "--out", b], timeout=180, check=True)
+    ra, rb = read_run(a), read_run(b)
+    assert ra["attrs"]["status"] == rb["attrs"]["status"] == "complete"
+    for key in ("x", "xbar"):
+        assert ra["final"][key].tobytes() == rb["final"][key].tobytes(), key
+    ca, cb = ra["attrs"]["config"], rb["attrs"]["config"]
+    assert (ca.pop("out"), cb.pop("out")) == (str(a), str(b))
+    assert ca == cb
+
+
+def test_dump_config_refuses_resume_and_a_too_small_world_in_one_line(eps):
+    proc = run_cli(["train", eps, "--dump-config", "--resume", "r.h5"])
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == ("mpimem: error: --dump-config prints a new run's settings; it does "
+                           "not take --resume\n")
+    proc = run_cli(["train", eps, "--dump-config", "--batch-size", "700"],
+                   env={"MPIMEM_EXPECT_RANKS": "3"})
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.startswith("mpimem: error: --batch-size 700 exceeds the smallest shard "
+                                  "(600 rows for 2 workers)"), proc.stderr
+
+
+# ---------------------------------------------------------------------- docs/configs
+STUDIES = sorted((ROOT / "jobs" / "studies").glob("*.toml"))
+CONFIGS = ROOT / "docs" / "configs"
+
+
+def study_methods():
+    """(study name, study table, method table, file name) for every method of every study."""
+    for path in STUDIES:
+        with open(path, "rb") as fh:
+            study = tomllib.load(fh)
+        name = study["study"]["name"]
+        for method in study["methods"]:
+            yield name, study, method, f"{name}-{method['label']}.toml"
+
+
+def test_docs_configs_hold_one_example_per_study_method_as_generated():
+    expect = {file for *_, file in study_methods()}
+    assert {p.name for p in CONFIGS.glob("*.toml")} == expect
+    for path in STUDIES:
+        for file, text in study_examples(str(path)).items():
+            assert (CONFIGS / file).read_text() == text, (
+                f"docs/configs/{file} is stale; regenerate: python -c 'import pathlib; from "
+                f"mpimem.config import study_examples as e; [pathlib.Path(\"docs/configs\", f)"
+                f".write_text(t) for s in pathlib.Path(\"jobs/studies\").glob(\"*.toml\") "
+                f"for f, t in e(str(s)).items()]'")
+
+
+@pytest.mark.parametrize("name,study,method,file", list(study_methods()),
+                         ids=[m[3] for m in study_methods()])
+def test_each_example_config_loads_matches_its_study_method_and_resolves(name, study, method,
+                                                                           file, eps):
+    """The file's settings are the study's [train] table overridden by the method's (label and
+    datasets aside), with the study's mode; `mpimem train --config FILE DATA` resolves them."""
+    got = load_toml(str(CONFIGS / file))
+    want = dict(study.get("train", {}))
+    want.update({k: v for k, v in method.items() if k not in ("label", "datasets")})
+    want["mode"] = study["study"].get("mode", "sync")
+    for key, value in want.items():
+        assert got[key] == value and type(got[key]) is type(value), (key, got[key], value)
+    meta = read_meta(eps)
+    cfg = resolve(merge({"data": eps}, str(CONFIGS / file)), meta.n, meta.d, 2)
+    assert (cfg.compressor, cfg.memory, cfg.data) == (method["compressor"], method["memory"], eps)

@@ -122,3 +122,72 @@ def test_convert_streams_in_bounded_memory(tmp_path):
     interpreter = peak_rss_mib([sys.executable, "-c", "import mpimem.data.cli"])
     assert peaks[1] - peaks[0] < sizes[0] / 4, (peaks, sizes)
     assert peaks[1] - interpreter < sizes[1] / 2, (peaks, interpreter, sizes)
+
+
+@pytest.mark.parametrize("storage", ["csr", "dense"])
+def test_convert_normalize_scales_rows_to_unit_norm(tmp_path, storage):
+    """--normalize: every row x_i / ||x_i|| (oracle: numpy on scikit-learn's parse), zero rows
+    stay zero, the file says so, and the row checksums verify over the stored values (read_shard
+    checks them). Old code: no --normalize option (exit 2)."""
+    X, y = random_problem(200, 30, 0.3, seed=5)
+    X = X.tolil()
+    X[7, :] = 0                                     # a row of zero norm
+    X = X.tocsr()
+    src, out = tmp_path / "n.svm", tmp_path / "n.h5"
+    plain = write_svmlight(src, X, y)
+    run_cli(["data", "convert", src, out, "--normalize", "--dtype", "float32",
+             "--storage", storage, "--d", "30"], check=True)
+    ref = load_svmlight_file(str(plain), n_features=30)[0].toarray()
+    norms = np.linalg.norm(ref, axis=1, keepdims=True)
+    expect = (ref / np.where(norms == 0, 1, norms)).astype(np.float32)
+    shard = read_shard(out)                          # verifies the per-row checksums
+    got = shard.X.toarray() if sp.issparse(shard.X) else shard.X
+    np.testing.assert_array_equal(got, expect)
+    row_norms = np.linalg.norm(got.astype(np.float64), axis=1)
+    assert row_norms[7] == 0
+    np.testing.assert_allclose(np.delete(row_norms, 7), 1.0, rtol=0, atol=4e-7)
+    assert read_meta(out).normalized
+    assert "normalized: yes" in run_cli(["data", "info", out], check=True).stdout
+    run_cli(["data", "convert", src, tmp_path / "raw.h5"], check=True)
+    assert not read_meta(tmp_path / "raw.h5").normalized
+
+
+def test_index_base_auto_warns_when_column_0_would_be_empty(tmp_path):
+    """--index-base auto warns (one stderr line) exactly when it guessed 1-based, i.e. no index
+    0 appeared, so column 0 would be always empty under the other guess. Old code: silent."""
+    one, zero = tmp_path / "one.svm", tmp_path / "zero.svm"
+    one.write_bytes(b"+1 1:1 3:2\n-1 2:1\n")
+    zero.write_bytes(b"+1 0:1 3:2\n-1 2:1\n")
+    warned = run_cli(["data", "convert", one, tmp_path / "a.h5", "--index-base", "auto"],
+                     check=True)
+    lines = warned.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpimem: warning: --index-base auto chose 1")
+    assert "column 0 would be always empty" in lines[0] and "--index-base 0" in lines[0]
+    assert read_meta(tmp_path / "a.h5").d == 3
+    for src, base in ((zero, "auto"), (one, "1"), (zero, "0")):
+        quiet = run_cli(["data", "convert", src, tmp_path / f"{src.stem}{base}.h5",
+                         "--index-base", base], check=True)
+        assert quiet.stderr == "", (src, base, quiet.stderr)
+
+
+def test_convert_and_optimum_progress_on_stderr(tmp_path):
+    """A long conversion says how far it is (share of the input read, MB/s, then rows written)
+    and the optimum its L-BFGS iterations; forced here by MPIMEM_PROGRESS_EVERY=0. At the
+    default interval a sub-second conversion prints nothing. Old code: no progress at all."""
+    X, y = random_problem(2000, 50, 0.1, seed=6)
+    src, out = tmp_path / "p.svm", tmp_path / "p.h5"
+    write_svmlight(src, X, y)
+    proc = run_cli(["data", "convert", src, out, "--chunk-mb", "0.02"], check=True,
+                   env={"MPIMEM_PROGRESS_EVERY": "0"})
+    read = [l for l in proc.stderr.splitlines() if "% read (" in l]
+    assert len(read) >= 5 and all(l.startswith("mpimem data convert: ") for l in read)
+    assert "MB/s, line " in read[0] and read[-1].split(": ")[1].startswith("100% read")
+    shares = [float(l.split(": ")[1].split("%")[0]) for l in read]
+    assert shares == sorted(shares)
+    assert any("writing 100% of 2000 rows" in l for l in proc.stderr.splitlines())
+    quiet = run_cli(["data", "convert", src, tmp_path / "q.h5"], check=True)
+    assert quiet.stderr == ""
+    opt = run_cli(["data", "optimum", out], check=True, env={"MPIMEM_PROGRESS_EVERY": "0"})
+    assert "mpimem data optimum: L-BFGS iteration 1, f = " in opt.stderr
+    bad = run_cli(["data", "convert", src, tmp_path / "r.h5"], env={"MPIMEM_PROGRESS_EVERY": "x"})
+    assert bad.returncode == 2 and bad.stderr.startswith("mpimem: error: MPIMEM_PROGRESS_EVERY")

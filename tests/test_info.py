@@ -1,15 +1,17 @@
 """`mpimem info RUN.h5` on real damaged run files and on a run in progress: a summary or one
 line `mpimem: error: ...`, never a traceback."""
-import os
+import json
+import math
+import re
 import shutil
-import subprocess
-import threading
 import time
 
 import h5py
+import numpy as np
 import pytest
 
-from conftest import MPIEXEC, mpimem_cmd, run_cli, run_mpi
+from conftest import launch_mpi, run_cli, run_mpi
+from mpimem.info_cli import duration
 
 STEPS = ["--schedule", "decay", "--gamma", "2", "--shift", "d/k"]
 
@@ -18,6 +20,22 @@ STEPS = ["--schedule", "decay", "--gamma", "2", "--shift", "d/k"]
 def done(eps, tmp_path_factory):
     out = tmp_path_factory.mktemp("info") / "run.h5"
     run_mpi(3, ["train", eps, "--out", out, "--quiet", *STEPS, "--epochs", "0.2"], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def allgather_qsgd(eps, tmp_path_factory):
+    out = tmp_path_factory.mktemp("info") / "ag.h5"
+    run_mpi(2, ["train", eps, "--out", out, "--quiet", "--epochs", "0.1", "--topology",
+                "allgather", "--compressor", "qsgd", "--bits", "3"], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def none_downlink(eps, tmp_path_factory):
+    out = tmp_path_factory.mktemp("info") / "none.h5"
+    run_mpi(3, ["train", eps, "--out", out, "--quiet", "--epochs", "0.1", "--compressor",
+                "none", "--downlink-k", "5", "--batch-size", "2", "--lam", "0.01"], check=True)
     return out
 
 
@@ -55,23 +73,98 @@ def test_missing_attributes_show_as_unknown(done, tmp_path):
     assert "status complete" in proc.stdout and "lambda ?" in proc.stdout and "n=?" in proc.stdout
 
 
-def test_info_of_a_run_in_progress(eps, tmp_path):
+def settings_line(path):
+    info = run_cli(["info", path], check=True).stdout
+    return info, next(line for line in info.splitlines() if line.startswith("  settings: "))
+
+
+def test_settings_of_a_sync_server_run(done):
+    info, line = settings_line(done)
+    with h5py.File(done, "r") as h5:  # the shift a as resolved, in samples
+        shift = json.loads(h5.attrs["config"])["shift"]
+        assert np.abs(h5["final/memory"][()]).max() > 0  # the memory ran
+    assert line == (f"  settings: top_k k=1, memory on, l2 worker, schedule decay gamma=2 "
+                    f"a={shift:g} samples, averaging quadratic, mode sync, topology server, "
+                    f"b=1, W=2, seed 0"), line
+    assert re.search(r"^ +server: ", info, re.M) and re.search(r"^ +worker 2: ", info, re.M)
+
+
+def test_settings_of_an_allgather_qsgd_run(allgather_qsgd):
+    info, line = settings_line(allgather_qsgd)
+    bits = int(re.search(r"qsgd s=3 levels \((\d+) bits per entry\)", line).group(1))
+    with h5py.File(allgather_qsgd, "r") as h5:  # the bits as sent: 4-byte scale + d codes
+        d, up, samples = h5.attrs["d"], h5["metrics/bytes_up"][-1], h5["metrics/samples"][-1]
+    assert up / samples == 4 + math.ceil(d * bits / 8) and bits == 3
+    assert "memory on" in line and "topology allgather" in line and "W=2" in line, line
+    assert "downlink" not in line
+    table = [l.split(":")[0].strip() for l in info.splitlines() if re.match(r" +(server|worker \d+):", l)]
+    assert table == ["worker 1", "worker 2"], info  # no server in allgather
+
+
+def test_settings_of_a_run_without_compression(none_downlink):
+    info, line = settings_line(none_downlink)
+    with h5py.File(none_downlink, "r") as h5:
+        assert not np.any(h5["final/memory"][()])  # no error memory ran
+    assert line.startswith("  settings: none, memory off, l2 worker, "), line
+    assert "mode sync, topology server, downlink-k 5, b=2, W=2" in line, line
+    assert re.search(r"^ +server: ", info, re.M)
+
+
+def running_copy(done, tmp_path, rows):
+    """The finished run file as it stood, status running, after its first `rows` points."""
+    def cut(h5):
+        h5.attrs["status"] = "running"
+        for name in list(h5["metrics"]):
+            h5["metrics"][name].resize((rows,))
+    return damaged_copy(done, tmp_path, cut)
+
+
+@pytest.mark.parametrize("rows", [0, 4])
+def test_eta_of_a_running_file(done, tmp_path, rows):
+    path = running_copy(done, tmp_path, rows)
+    info = run_cli(["info", path], check=True).stdout
+    summary = json.loads(run_cli(["info", "--json", path], check=True).stdout)
+    assert "status running" in info and summary["status"] == "running"
+    assert summary["points"] == rows
+    if rows == 0:
+        assert "progress" not in info and summary["progress"]["eta_s"] is None
+        return
+    with h5py.File(path, "r") as h5:
+        rounds = int(h5.attrs["rounds"])
+        r, wall, train = (h5[f"metrics/{k}"][-1] for k in ("round", "wall_time", "train_time"))
+    p = summary["progress"]
+    assert p["round"] == r and p["rounds"] == rounds and 0 < r < rounds
+    assert p["rounds_per_s"] == pytest.approx(r / train, rel=1e-12)
+    assert p["eta_s"] == pytest.approx((rounds - r) * wall / r, rel=1e-12)
+    assert f"round {int(r)} of {rounds}, {r / train:.1f} rounds/s" in info, info
+    assert f"ETA {duration((rounds - r) * wall / r)} after the last point" in info, info
+
+
+def test_info_of_a_live_run(eps, tmp_path):
+    """A real run held alive after its last point (before it is marked complete) is read by
+    plain h5py and by `mpimem info` from other processes."""
     out = tmp_path / "run.h5"
-    cmd = [MPIEXEC, "-n", "3", *mpimem_cmd("train", eps, "--out", out, "--quiet", *STEPS,
-                                           "--epochs", "0.2")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, MPIMEM_EXPECT_RANKS="3",
-                                     MPIMEM_FAULT="sleep-at:evaluate:8"))
-    watchdog = threading.Timer(180, proc.kill)
-    watchdog.daemon = True
-    watchdog.start()
+    proc = launch_mpi(3, ["train", eps, "--out", out, "--quiet", *STEPS, "--epochs", "0.2"],
+                      env={"MPIMEM_FAULT": "sleep-at:shutdown:10"})
     deadline = time.monotonic() + 120
-    while not out.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+    rows = 0
+    while rows < 11:  # plain h5py, default HDF5 file locking, while the run goes on
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or hung"
+        if out.exists():
+            with h5py.File(out, "r") as h5:
+                rows = len(h5["metrics/round"])
+                status, rounds = h5.attrs["status"], int(h5.attrs["rounds"])
+                wall = h5["metrics/wall_time"][()]
         time.sleep(0.05)
     info = run_cli(["info", out])
+    summary = json.loads(run_cli(["info", "--json", out], check=True).stdout)
     assert proc.poll() is None, "the run ended before `mpimem info` ran: not a test of it"
-    assert info.returncode == 0 and "status running" in info.stdout, info.stderr
+    assert status == "running" and info.returncode == 0, info.stderr
+    assert "status running" in info.stdout and f"round {rounds} of {rounds}" in info.stdout
+    assert re.search(r"\d+\.\d rounds/s", info.stdout) and "ETA 0 s" in info.stdout, info.stdout
+    assert summary["status"] == "running" and summary["progress"]["eta_s"] == 0.0
+    assert summary["last"]["wall_time"] == wall[-1]
     proc.communicate(timeout=120)
     assert proc.returncode == 0
-    assert "status complete" in run_cli(["info", out], check=True).stdout
+    done = run_cli(["info", out], check=True).stdout
+    assert "status complete" in done and "ETA" not in done

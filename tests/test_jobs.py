@@ -6,6 +6,7 @@ The module fixture brings the cluster up like tests/test_slurm_cluster.py: skip 
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -94,6 +95,20 @@ def check_runs(results, study, expect):
 
 
 TINY = dict(N=300, D=20, EPOCHS=1, EVAL_EVERY=0.5)
+PACE = re.compile(r"rounds/s +(?P<rate>-|[0-9.e+]+) +ETA (?P<eta>-|\d+:\d\d:\d\d)$")
+
+
+def check_progress(run_dir):
+    """train.log holds one progress line per evaluation point of RUN.h5 (no --quiet, no flood),
+    each ending in the pace so far: rounds/s and ETA ("-" at round 0, 0:00:00 at the end)."""
+    lines = [line for line in (run_dir / "train.log").read_text().splitlines()
+             if line.startswith("epoch ")]
+    with h5py.File(run_dir / "RUN.h5", "r") as h:
+        assert len(lines) == h["metrics"]["round"].shape[0] >= 2, lines
+    paces = [PACE.search(line) for line in lines]
+    assert all(paces), lines
+    assert paces[0]["rate"] == "-" and paces[0]["eta"] == "-"
+    assert all(float(p["rate"]) > 0 for p in paces[1:]) and paces[-1]["eta"] == "0:00:00"
 
 
 def test_theory_job(slurm, tmp_path, data_dir):
@@ -101,6 +116,8 @@ def test_theory_job(slurm, tmp_path, data_dir):
                           METHODS="top-1 top-1-nomem", **TINY)
     assert rc == 0, out
     metas = check_runs(res, "theory", 2)
+    for run_dir in (res / "theory").glob("*/*"):
+        check_progress(run_dir)
     got = {m["label"]: c for m, c in metas}
     assert got["top-1"]["memory"] and not got["top-1-nomem"]["memory"]
     assert got["top-1"]["schedule"] == "decay" and got["top-1"]["gamma"] == 2.0
@@ -160,6 +177,7 @@ def test_rerun_skips_complete_runs(tmp_path, data_dir):
     assert _run(["bash", "jobs/common.sh", "count", "theory"], 60, _env()).stdout.strip() == "12"
     first = _run(["bash", "jobs/qsgd.sbatch"], 200, env)
     assert first.returncode == 0, first.stderr
+    check_progress(tmp_path / "r" / "qsgd" / "j" / "0")
     again = _run(["bash", "jobs/qsgd.sbatch"], 100, env)
     assert again.returncode == 0 and "already complete" in again.stderr
 
@@ -191,6 +209,9 @@ def test_signal_is_forwarded_and_rerun_resumes(tmp_path, data_dir):
     assert proc.returncode == 75, err
     with h5py.File(run, "r") as h:
         assert h.attrs["status"] == "preempted"
+    # the message gives the whole command to resume by hand: launcher, world size, full path
+    log = (run.parent / "train.log").read_text()
+    assert f"resume with: mpiexec -n 2 mpimem train --resume {run.resolve()} (exit 75)" in log
     again = _run(["bash", "jobs/qsgd.sbatch"], 200, env)
     assert again.returncode == 0, again.stderr
     with h5py.File(run, "r") as h:

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import functools
 import signal
+import sys
 
 from ..errors import MpimemError
 from .synth import KINDS
@@ -76,6 +77,8 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p.add_argument("--chunk-mb", type=_positive_float, default=4.0,
                    help="text parsed per block, in MiB: bounds the memory (default 4)")
+    p.add_argument("--normalize", action="store_true",
+                   help="scale every row to unit L2 norm (rows of zero norm stay zero)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("synth", help="a synthetic look-alike of epsilon or RCV1")
@@ -103,9 +106,13 @@ def register(subparsers) -> None:
 def cmd_convert(args) -> int:
     from .convert import convert
     s = convert(args.input, args.output, index_base=args.index_base, storage=args.storage,
-                d=args.d, dtype=args.dtype, block_bytes=int(args.chunk_mb * (1 << 20)))
+                d=args.d, dtype=args.dtype, block_bytes=int(args.chunk_mb * (1 << 20)),
+                normalize=args.normalize)
+    if s["index_note"]:
+        print(f"mpimem: warning: {s['index_note']}", file=sys.stderr, flush=True)
     print(f"{args.output}: n={s['n']} d={s['d']} nnz={s['nnz']} storage={s['storage']} "
-          f"index_base={s['index_base']} density={s['density']:.4g}")
+          f"index_base={s['index_base']} density={s['density']:.4g}"
+          + (" normalized" if args.normalize else ""))
     return 0
 
 
@@ -130,6 +137,8 @@ def cmd_info(args) -> int:
             ("labels", f"+1: {meta.n_positive} ({meta.n_positive / meta.n:.2%}), "
                        f"-1: {meta.n - meta.n_positive}"),
             ("fingerprint", meta.fingerprint[:16])]
+    if meta.normalized:
+        rows.insert(-1, ("normalized", "yes: rows scaled to unit L2 norm at conversion"))
     if meta.optimum_note:
         rows.append(("optimum", f"none: {meta.optimum_note}"))
     elif meta.fstar is None:

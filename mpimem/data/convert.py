@@ -9,13 +9,19 @@ Two passes, neither holding the data in memory:
    dense storage, scattering rows into /X.
 Memory is bounded by the block size (a few tens of bytes per byte of text in a block, and
 about as many bytes of values per transcription step), not by the size of the file. Any
-error (or interrupt) leaves neither OUT nor the staging file behind.
+error (or interrupt) leaves neither OUT nor the staging file behind. A long conversion says
+how far it is on stderr (`progress`: the share of the input read, then of the rows written).
+
+`normalize` scales every row x_i to unit L2 norm, x_i / ||x_i|| (rows of zero norm stay zero),
+in float64 before the values are cast to the stored dtype; the row checksums and the content
+digest are of the stored, scaled values, and the file says `normalized = 1`.
 
 The input is read once, front to back, so it may be a pipe or a FIFO (`/dev/stdin`). OUT must
 not be the input itself (the same file under another name, a link, a relative path), and a
 value the stored dtype cannot hold (beyond float32's range) is refused with its line.
 """
 import os
+import stat
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +29,7 @@ import numpy as np
 from ..errors import MpimemError
 from .h5write import CSRWriter, DenseWriter, atomic_h5, scratch_h5, write_header
 from .libsvm import LineError, parse_block
+from .progress import Ticker, hms
 from .textstream import LineBlocks
 
 DENSE_ABOVE = 0.25           # --storage auto: dense when nnz / (n d) exceeds this
@@ -76,15 +83,19 @@ class _Scan:
 
 
 def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64",
-            block_bytes=4 << 20) -> dict:
-    """Convert LIBSVM file `src` into data-set file `out`; a summary dict (n, d, nnz, ...).
+            block_bytes=4 << 20, normalize=False) -> dict:
+    """Convert LIBSVM file `src` into data-set file `out`; a summary dict (n, d, nnz, ...,
+    and `index_note`: why the guess of `index_base="auto"` deserves a look, or None).
 
     index_base: "0", "1" or "auto" (zero-based if any index is 0, else one-based).
     storage: "dense", "csr" or "auto" (dense when the density exceeds DENSE_ABOVE).
-    d: number of columns (default: largest index + 1 after the base shift)."""
+    d: number of columns (default: largest index + 1 after the base shift).
+    normalize: scale every row to unit L2 norm (module docstring)."""
     _refuse_same_file(src, out)
     blocks = LineBlocks(str(src), block_bytes)
     scan = _Scan(str(src))
+    ticker = Ticker("mpimem data convert")
+    size = _input_size(src)
     with scratch_h5(out) as stage:
         staged = CSRWriter(stage, np.float64, checked=False)
         for buf, first_line in blocks:
@@ -95,6 +106,8 @@ def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64"
             _check_range(block, np.dtype(dtype), src)
             scan.add(block)
             staged.append(block.indptr, block.indices, block.values, block.labels)
+            ticker.say(lambda: _read_note(blocks.bytes_read, size, ticker.elapsed(),
+                                          first_line + buf.count(b"\n") - 1))
         if staged.n == 0:
             raise MpimemError(f"{src}: empty file (no data lines)")
         base = {"0": 0, "1": 1}.get(index_base, 0 if scan.min_index == 0 else 1)
@@ -103,13 +116,38 @@ def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64"
         final = storage if storage != "auto" else ("dense" if density > DENSE_ABOVE else "csr")
         with atomic_h5(out) as f:
             writer = DenseWriter(f, width, dtype) if final == "dense" else CSRWriter(f, dtype)
-            _transcribe(stage, writer, base, scan.label_map(), block_bytes)
+            _transcribe(stage, writer, base, scan.label_map(), block_bytes, normalize, ticker)
             write_header(f, writer, d=width, source=str(src), source_bytes=blocks.source_bytes,
                          source_sha256=blocks.source_sha256, index_base=base,
-                         compression=blocks.compression,
+                         compression=blocks.compression, normalized=int(normalize),
                          source_labels=",".join(f"{v:g}" for v in sorted(scan.labels)))
+    note = None
+    if index_base == "auto" and base == 1:
+        note = (f"--index-base auto chose 1 (no feature index 0 in {src}); under "
+                "--index-base 0 column 0 would be always empty: pass --index-base 0 to keep "
+                "that column, or --index-base 1 to say that 1 is meant")
     return dict(n=writer.n, d=width, nnz=writer.nnz, storage=final, index_base=base,
-                density=density, source_bytes=blocks.source_bytes)
+                density=density, source_bytes=blocks.source_bytes, index_note=note)
+
+
+def _input_size(src):
+    """The size in bytes of `src` when it is a regular file (None for a pipe or a FIFO)."""
+    try:
+        stats = os.stat(src)
+    except OSError:
+        return None
+    return stats.st_size if stat.S_ISREG(stats.st_mode) else None
+
+
+def _read_note(done, size, seconds, line):
+    """A progress line of the parse pass: bytes read (of `size`, with a share and an ETA when
+    the size is known), the rate and the last line parsed."""
+    rate = done / seconds if seconds > 0 else 0.0
+    text = f"read {done / 1e6:.1f} MB"
+    if size:
+        eta = f", ETA {hms((size - done) / rate)}" if rate > 0 else ""
+        text = f"{100 * done / size:3.0f}% read ({done / 1e6:.1f} of {size / 1e6:.1f} MB{eta})"
+    return f"{text}, {rate / 1e6:.1f} MB/s, line {line}"
 
 
 def _refuse_same_file(src, out):
@@ -148,9 +186,19 @@ def _columns(scan, base, d):
     return d
 
 
-def _transcribe(stage, writer, base, label_map, block_bytes):
+def _unit_rows(indptr, values):
+    """The CSR `values` with each row divided by its L2 norm (float64; zero rows unchanged)."""
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    norms = np.sqrt(np.bincount(rows, weights=np.square(values, dtype=np.float64),
+                                minlength=len(indptr) - 1))
+    norms[norms == 0] = 1.0
+    return values / norms[rows]
+
+
+def _transcribe(stage, writer, base, label_map, block_bytes, normalize=False, ticker=None):
     """Copy the staged rows into `writer`, about `block_bytes` of values at a time: labels
-    mapped to {-1, +1}, indices made zero-based."""
+    mapped to {-1, +1}, indices made zero-based, rows scaled to unit norm if `normalize`;
+    progress said on `ticker`."""
     n, nnz = stage["y"].shape[0], stage["data"].shape[0]
     row_bytes = 8 * (writer.X.shape[1] if writer.storage == "dense" else max(1, nnz // n))
     step = max(1, block_bytes // row_bytes)
@@ -164,6 +212,8 @@ def _transcribe(stage, writer, base, label_map, block_bytes):
         indptr = indptr - lo
         indices = stage["indices"][lo:hi].astype(np.int64) - base
         values = stage["data"][lo:hi]
+        if normalize:
+            values = _unit_rows(indptr, values)
         labels = lookup[stage["y"][start:stop].astype(np.uint8)]
         if writer.storage == "dense":
             rows = np.zeros((stop - start, writer.X.shape[1]), writer.X.dtype)
@@ -171,3 +221,5 @@ def _transcribe(stage, writer, base, label_map, block_bytes):
             writer.append(rows, labels)
         else:
             writer.append(indptr, indices, values, labels)
+        if ticker is not None:
+            ticker.say(lambda: f"writing {100 * stop / n:3.0f}% of {n} rows")

@@ -40,7 +40,8 @@ class DatasetMeta:
 
     `fstar`, `lam_star`, `grad_norm_star` are None when no optimum is stored (`optimum_note`
     then says why, if a damaged /optimum group was ignored); `n_positive` (rows labelled +1)
-    is None unless the labels were scanned (`read_meta(labels=True)`)."""
+    is None unless the labels were scanned (`read_meta(labels=True)`); `normalized`: the rows
+    were scaled to unit L2 norm when the file was made (`data convert --normalize`)."""
 
     path: str
     n: int
@@ -59,6 +60,7 @@ class DatasetMeta:
     grad_norm_star: float | None = None
     optimum_note: str | None = None
     n_positive: int | None = None
+    normalized: bool = False
 
     @property
     def density(self) -> float:
@@ -164,6 +166,7 @@ def _meta(f, name, optimum=True) -> DatasetMeta:
                        content_sha256=content,
                        index_base=None if base is None else int(base),
                        created=str(attrs.get("created", "")),
+                       normalized=int(attrs.get("normalized", 0)) == 1,
                        fstar=fstar, lam_star=lam, grad_norm_star=gnorm, optimum_note=note)
 
 

@@ -10,6 +10,8 @@ The result is stored in the file's /optimum group: attrs lam, fstar, grad_norm, 
 iterations and stamp (`checksum.optimum_stamp`: binds them and x* to the data's digest);
 dataset x (d,) float64. The group is built complete under another name and then moved into
 place, so a kill leaves the old optimum, none, or the new one, never a part of one.
+A long solve says how far it is on stderr (`progress`): the L-BFGS iteration and f, then each
+Newton step's gradient norm.
 """
 import os
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from ..errors import MpimemError
 from ..objective import hessian_vector, objective_and_grad
 from .checksum import optimum_stamp
 from .h5write import write_failure
+from .progress import Ticker
 
 GTOL = 1e-10
 LBFGS_MAXITER = 100_000
@@ -47,8 +50,14 @@ class Optimum:
 def solve_optimum(X, y, lam: float, gtol: float = GTOL) -> Optimum:
     """Minimise f over x in R^d from x = 0 (steps 1 and 2 of the module docstring)."""
     d = X.shape[1]
+    ticker = Ticker("mpimem data optimum")
+    done = iter(range(1, LBFGS_MAXITER + 1))
+
+    def callback(intermediate_result):   # scipy passes the iterate's result by this name
+        ticker.say(f"L-BFGS iteration {next(done)}, f = {intermediate_result.fun:.12g}")
+
     res = scipy.optimize.minimize(lambda x: objective_and_grad(X, y, x, lam), np.zeros(d),
-                                  jac=True, method="L-BFGS-B",
+                                  jac=True, method="L-BFGS-B", callback=callback,
                                   options=dict(maxiter=LBFGS_MAXITER, maxfun=2 * LBFGS_MAXITER,
                                                gtol=0.0, ftol=0.0, maxcor=20))
     x = res.x
@@ -65,6 +74,7 @@ def solve_optimum(X, y, lam: float, gtol: float = GTOL) -> Optimum:
             break
         x, f, g = x + step, f_new, g_new
         iterations += 1
+        ticker.say(f"Newton step {iterations - int(res.nit)}, |grad f| = {np.linalg.norm(g):.3g}")
     return Optimum(x=x, fstar=f, grad_norm=float(np.linalg.norm(g)), lam=lam,
                    iterations=iterations)
 

@@ -77,6 +77,11 @@ class LineBlocks:
     source_sha256: str = ""
     _hasher: _HashingReader = field(default=None, repr=False)
 
+    @property
+    def bytes_read(self) -> int:
+        """Raw (compressed) bytes of the file read so far."""
+        return self._hasher.nbytes if self._hasher is not None else 0
+
     def __iter__(self):
         try:
             raw = open(self.path, "rb")
