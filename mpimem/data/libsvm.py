@@ -8,8 +8,9 @@ A line is `LABEL [INDEX:VALUE ...] [# comment]`, fields separated by blanks or t
 - `#` starts a comment up to the end of the line; blank and comment-only lines are skipped;
   a line with a label and no features is a valid all-zero row.
 
-`parse_block` first tries a vectorised numpy path over the whole block (byte tables, token
-boundaries, one `np.fromstring` call for every number). Whenever that path cannot vouch for
+`parse_block` first tries the compiled single-pass parser (`libsvm_kernels`: exact numbers by
+Clinger's fast path), then a vectorised numpy path over the whole block (byte tables, token
+boundaries, one `np.fromstring` call for every number). Whenever neither can vouch for
 every line of the block it hands the block to `_parse_lines`, the line-by-line reference
 parser, which either returns the same arrays or raises `LineError` with the line number and
 the problem. So the error messages live in one place and the fast path only has to be strict.
@@ -18,6 +19,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from .libsvm_kernels import parse_compiled
 
 LABELS = (-1.0, 0.0, 1.0, 2.0)
 MAX_INDEX = 2**31 - 1
@@ -65,6 +68,9 @@ def parse_block(buf: bytes, first_line: int, min_index: int) -> Block:
 
     `min_index` is the smallest index allowed (1 for one-based files, 0 otherwise). Raises
     `LineError` for the first bad line."""
+    parsed = parse_compiled(buf, first_line, min_index)
+    if parsed is not None:
+        return Block(*parsed)
     block = _parse_fast(buf, first_line, min_index)
     return block if block is not None else _parse_lines(buf, first_line, min_index)
 
