@@ -128,14 +128,12 @@ class AsyncServer:
         idx, vals = decode_downlink(payload, self.d)
         if run.averager is not None:
             run.averager.add_weight(run.replica, rule.weights.weight(rule.clock))
-        s_before = run.replica.s
-        apply_update(run.replica, rule.factor(0), idx, vals, run.averager)
-        renormalised = run.replica.s == 1.0 and s_before * rule.factor(0) != 1.0
+        folded = apply_update(run.replica, rule.factor(0), idx, vals, run.averager)
         self.staleness.append(self.applied - self.last_pull[w])
         self.applied += 1
         self.msg_count[w] += 1
         self.bytes_up += msg.size
-        dense = idx is None or renormalised
+        dense = idx is None or folded
         self.log.append((self.applied, None if dense else np.array(idx, np.int64)))
 
     # ---------------------------------------------------------------- replies (pulls)

@@ -101,14 +101,16 @@ def _apply_dense(z, s_new, vals, S, Cmark, C, track):
 _EMPTY = np.zeros(0)
 
 
-def apply_update(replica: Replica, factor: float, idx, vals, averager: Averager = None) -> None:
+def apply_update(replica: Replica, factor: float, idx, vals, averager: Averager = None) -> bool:
     """x <- factor * x - U, with U the decoded downlink (sparse idx/vals, or dense when idx is None).
 
     factor = 1 - b eta_t lam on the server-side L2 path, 1 on the paper-exact path. When
     s * factor leaves the band [1/2, 2] the scale is first folded into z (module docstring).
+    Returns whether it folded (every coordinate of z then changed).
     """
     s_new = replica.s * factor
-    if not BAND_LOW <= s_new <= BAND_HIGH:  # also 0, negative, nan, inf
+    folded = not BAND_LOW <= s_new <= BAND_HIGH  # also 0, negative, nan, inf
+    if folded:
         if averager is not None:
             averager.settle(replica)
         replica.z *= s_new
@@ -120,3 +122,4 @@ def apply_update(replica: Replica, factor: float, idx, vals, averager: Averager 
         _apply_dense(replica.z, s_new, vals, S, Cmark, C, track)
     else:
         _apply_sparse(replica.z, s_new, idx, vals, S, Cmark, C, track)
+    return folded
