@@ -3,8 +3,9 @@
 Parameters (all measured here, `python -m analysis.costmodel measure`):
   alpha  latency of one MPI message (s)           } fitted to an MPI ping-pong (mpiexec -n 2):
   B      bandwidth (bytes/s)                       } t(m) = alpha + m / B, least squares on medians
-  c      worker compute per sample (s): gradient + compression (RoundRule.worker_step, in-process)
-  c_a    cost of aggregating + applying one message (s): RoundRule.aggregate + apply
+  c      worker compute per sample (s): gradient + compression (mpimem.step.worker_step)
+  c_a    cost of aggregating + applying one message (s): step.agg_add + agg_finish + apply,
+         both timed inside the compiled in-process loop (mpimem.segments.local_segment)
 
 Per design, W workers, mini-batch b, uplink message m bytes (top-k 8k, rand-k 4k, dense 4d),
 k_eff entries per message (k, or d dense):
@@ -117,21 +118,14 @@ def measure_compute(d=400, n=2000, k=10, reps=3, seed=0):
         rule = RoundRule(cfg, d, 1, comp)
         ws = WorkerState(1, shard, d, 1, 0, comp, rule.uses_pool(shard))
         rep, agg = Replica(d), rule.make_aggregator()
+        rule.run_local(ws, shard, rep, agg, None, 0, 200)   # warm-up
         best_c = best_a = float("inf")
-        for _ in range(reps):
-            steps = 2000
-            t0 = time.perf_counter()
-            msgs = []
-            for r in range(steps):
-                nb = rule.worker_step(ws, shard, rep, r)
-                if r < 200:
-                    msgs.append(ws.msg[:nb].copy())
-            t1 = time.perf_counter()
-            for r, msg in enumerate(msgs):
-                rule.apply(rep, rule.aggregate(agg, [msg], r), r)
-            t2 = time.perf_counter()
-            best_c = min(best_c, (t1 - t0) / steps)
-            best_a = min(best_a, (t2 - t1) / len(msgs))
+        for rep_i in range(reps):
+            steps, r0 = 2000, 200 + rep_i * 2000
+            ws.timing[:] = 0
+            server = rule.run_local(ws, shard, rep, agg, None, r0, r0 + steps)
+            best_c = min(best_c, (ws.timing[0] + ws.timing[1]) / steps)
+            best_a = min(best_a, server / steps)
         out[name] = {"c": best_c, "c_a": best_a, "k": cfg.k if name != "none" else d}
     out["d"] = d
     return out

@@ -64,23 +64,17 @@ def reference_us(data, shard, like, opts):
 
 
 def worker_micro(data, shard, opts, rounds):
-    """(worker us/sample, server us/sample) over `rounds` rounds after a warm-up."""
+    """(worker us/sample, server us/sample) over `rounds` rounds after a warm-up, in the
+    compiled in-process loop (mpimem.segments.local_segment: the steps of the MPI loops)."""
     meta = read_meta(data)
     cfg = resolved(data, meta, opts)
     comp = make_compressor(cfg.compressor, meta.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
     rule = RoundRule(cfg, meta.d, 1, comp)
     ws = WorkerState(1, shard, meta.d, cfg.batch_size, cfg.seed, comp, rule.uses_pool(shard))
     replica, averager, agg = Replica(meta.d), make_averager(cfg, meta.d), rule.make_aggregator()
-    server = 0.0
-    for phase, count in (("warm", 200), ("run", rounds)):
-        ws.timing[:] = 0
-        server = 0.0
-        for r in range(count):
-            nbytes = rule.worker_step(ws, shard, replica, r)
-            t0 = time.perf_counter()
-            payload = rule.aggregate(agg, [ws.msg[:nbytes]], r)
-            rule.apply(replica, payload, r, averager)
-            server += time.perf_counter() - t0
+    rule.run_local(ws, shard, replica, agg, averager, 0, 200)   # warm-up
+    ws.timing[:] = 0
+    server = rule.run_local(ws, shard, replica, agg, averager, 200, 200 + rounds)
     samples = rounds * cfg.batch_size
     return (ws.timing[0] + ws.timing[1]) / samples * 1e6, server / samples * 1e6
 

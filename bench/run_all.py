@@ -3,6 +3,7 @@
     data.md        LIBSVM conversion vs scikit-learn, synth and `data optimum` times
     train.md       per-sample worker/server work, end to end vs the paper's code and scikit-learn
     checkpoint.md  checkpoint write/load time and size against d and W
+    mpicall.md     MPI from compiled loops: mpimem.mpicall against numba-mpi
 (`make bench-scaling` runs the scaling study and the cost model separately: it takes longer.)
 Pass --quick for smaller sizes. Timings on a shared 2-core machine are noisy: the tables put
 each figure next to its baseline measured in the same command.
@@ -15,7 +16,8 @@ def main(argv=None) -> int:
     quick = ["--quick"] if "--quick" in (argv if argv is not None else sys.argv[1:]) else []
     steps = [[sys.executable, "-m", "bench.bench_data", *quick],
              [sys.executable, "-m", "bench.bench_train", *quick],
-             [sys.executable, "bench/bench_checkpoint.py", *quick]]
+             [sys.executable, "bench/bench_checkpoint.py", *quick],
+             [sys.executable, "-m", "bench.bench_mpicall"]]
     for cmd in steps:
         print("==", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)

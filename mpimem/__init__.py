@@ -3,3 +3,7 @@
 See README.md for the user guide and ../shared/SPEC.md (restated in docs/) for the math.
 """
 __version__ = "0.1.0"
+
+from ._numba_cache import use_versioned_cache
+
+use_versioned_cache()   # before numba is imported: see mpimem/_numba_cache.py

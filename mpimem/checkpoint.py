@@ -1,11 +1,16 @@
-"""Checkpoints of a synchronous Mem-SGD run: write atomically, verify, resume (docs/checkpoints.md).
+"""Checkpoints of a Mem-SGD run: write atomically, verify, resume (docs/checkpoints.md).
 
 What a checkpoint holds (everything the trajectory depends on, so that a resumed run is
-bit-identical to an uninterrupted one): the server's iterate x = s z, the averager (S, Cmark,
-C, wsum), the round counter; per worker its error memory m, sampler (perm, cursor), RNG states
-(rng_sample, rng_quant; rand-k indices are stateless per round), byte counters and timings; the
-metrics rows so far, the resolved configuration and the data set's fingerprint. The top-k pool
-is derived from m and rebuilt on load (WorkerState.load_state).
+bit-identical to an uninterrupted one where the mode is deterministic): rank 0's
+mpimem.server_state.ServerState (iterate x = s z, averager, downlink memory, async counters),
+the round counter; per worker its WorkerState.state_dict() (error memory m, sampler, RNG
+states, byte counters, timings); the metrics rows so far, the resolved configuration and the
+data set's fingerprint. The top-k pool is derived from m and rebuilt on load.
+
+Every mode checkpoints. Sync and --topology allgather at round boundaries; --mode async at
+quiescent points (mpimem.async_server: no message in flight), whose "round" is the updates
+applied / W, a whole number. With allgather every rank is a worker (the checkpoint's worker w
+is rank w - 1) and rank 0 also holds the ServerState.
 
 File: <run>.ckpt/ckpt-<round>.h5, written by rank 0 only after the workers' states are
 gathered (one buffer Gatherv, no pickled arrays). The file is built in memory (HDF5 core
@@ -21,8 +26,10 @@ newest K *verified* checkpoints of this run (the ones it wrote, or verified at s
 deletes only older verified ones: a damaged or foreign file is never counted as kept nor
 deleted, and the checkpoint just written is never deleted.
 
-Control at round boundaries (Run.loop calls `boundary`): a "sync point" is a round that is a
-multiple of POLL_ROUNDS, a round-interval checkpoint, or an evaluation round. There every rank
+Control at round boundaries (the loops call `boundary`): a "sync point" is a round that is a
+multiple of POLL_ROUNDS, a round-interval checkpoint, an evaluation round, or a round the loop
+makes one (always=True: every boundary of --mode async, where every rank is already paused, and
+the round after an allgather rank asked for it because `urgent()`). There every rank
 contributes flags to one tiny Allreduce(BOR): STOP (SIGTERM/SIGUSR1/SIGINT seen by any rank, mpimem.signals), DUE (rank
 0: the time interval has passed), BAD (rank 0: x is not finite) and FAILED (rank 0: the run
 file could not be written). Every rank therefore takes the same decision at the same round
@@ -43,6 +50,7 @@ from . import __version__
 from .errors import MpimemError, fault_point
 from .metrics import METRICS
 from .runfile import check_output_dir, replace_file, run_id_of
+from .server_state import ServerState
 from .signals import Signals
 
 FORMAT = "mpimem-checkpoint"
@@ -329,17 +337,19 @@ def _run_file_next_to(directory: str, ckpt: dict):
     return stem + (os.path.splitext(str(ckpt["attrs"].get("run_file", "")))[1] or ".h5")
 
 
-def resume_config(ckpt_attrs: dict, cfg, explicit, workers: int):
+def resume_config(ckpt_attrs: dict, cfg, explicit, ranks: int):
     """The configuration of the resumed run: the checkpoint's, plus the volatile settings given
-    now. Refuses a different number of workers (the shards and memories would not match)."""
+    now. Refuses a different number of workers (the shards and memories would not match); a
+    launch of `ranks` MPI ranks has ranks - 1 workers, or `ranks` with --topology allgather."""
     from .config import TrainConfig
 
     saved = json.loads(ckpt_attrs["config"])
     w0 = int(ckpt_attrs["workers"])
-    if workers != w0:
+    servers = 0 if saved.get("topology") == "allgather" else 1
+    if ranks - servers != w0:
         raise MpimemError(f"{ckpt_attrs['path']}: the checkpoint has W = {w0} workers, this launch "
-                          f"has W = {workers}; a run resumes only with the same number of workers "
-                          f"(mpiexec -n {w0 + 1})")
+                          f"has W = {ranks - servers}; a run resumes only with the same number of "
+                          f"workers (mpiexec -n {w0 + servers})")
     settings = dict(saved)
     for key in explicit:
         if key in settings:
@@ -446,7 +456,7 @@ def scatter_states(comm, states):
 
 # ---------------------------------------------------------------------- the loop's side
 class Checkpointing:
-    """One rank's checkpoint/stop logic for Run.loop (sync mode)."""
+    """One rank's checkpoint/stop logic for the round loops (every mode)."""
 
     def __init__(self, run, every, keep, enabled=True):
         self.run = run
@@ -454,6 +464,7 @@ class Checkpointing:
         self.every_rounds, self.every_seconds = parse_every(every) if enabled else (None, None)
         self.enabled = enabled and (self.every_rounds or self.every_seconds) is not None
         self.signals = Signals()
+        self.server = ServerState.of(run) if self.rank == 0 else None
         self.writer = None
         self.failure = None         # rank 0: why the run file could not be written (FAILED)
         if self.rank == 0:  # RUN.ckpt/ holds this run's checkpoints only (module docstring)
@@ -471,6 +482,15 @@ class Checkpointing:
     # rank 0 ----------------------------------------------------------------
     def record(self, row):
         self.history.append(row)
+
+    def urgent(self):
+        """This rank wants a sync point soon: it caught a signal, or (rank 0) a time-based
+        checkpoint is due or the run file failed. Cheap (no O(d) work): the loops that can ask
+        for a sync point (allgather, async) call it every round or message."""
+        if self.signals.caught:
+            return True
+        return self.rank == 0 and bool(self.failure or (
+            self.every_seconds and time.perf_counter() - self.last_time >= self.every_seconds))
 
     def _local_flags(self, r):
         flags = STOP if self.signals.caught else 0
@@ -507,12 +527,12 @@ class Checkpointing:
                               f"{self.finite_round} and round {r} (epoch {epoch:.3f}); stopped "
                               f"(step size too large? --gamma {self.run.cfg.gamma}){last}")
 
-    def boundary(self, r, started, is_eval, first=False):
+    def boundary(self, r, started, is_eval, first=False, always=False):
         """Called by every rank before round r. Returns 'preempted' to stop. first: r is the
         first round of this launch, always a sync point, so that a signal caught during
-        start-up stops the run here (mpimem.signals)."""
+        start-up stops the run here (mpimem.signals). always: a sync point in any case."""
         due_rounds = not first and self.every_rounds is not None and r % self.every_rounds == 0
-        if not (first or due_rounds or is_eval or r % POLL_ROUNDS == 0):
+        if not (first or always or due_rounds or is_eval or r % POLL_ROUNDS == 0):
             return None
         flags = self._sync(r)
         self._check(flags, r)
@@ -539,7 +559,7 @@ class Checkpointing:
         if self.rank == 0:
             try:
                 self.last_path = self.writer.write(self._attrs(r, started, reason),
-                                                   self._server_state(), parts[1:],
+                                                   self.server.state_dict(), _workers(run, parts),
                                                    self.metrics_so_far())
                 self.last_round = r
             except OSError as exc:
@@ -563,16 +583,6 @@ class Checkpointing:
             "elapsed": time.perf_counter() - started, "reason": reason,
         }
 
-    def _server_state(self):
-        run = self.run
-        state = {"z": run.replica.z, "s": np.float64(run.replica.s), "timing": run.timing}
-        if run.averager is not None:
-            a = run.averager
-            state.update(S=a.S, Cmark=a.Cmark, C=np.float64(a.C), wsum=np.float64(a.wsum))
-        if run.agg.memory is not None:  # --downlink-k: the server's own error memory
-            state.update(downlink_memory=run.agg.memory)
-        return state
-
     def metrics_so_far(self):
         fault_point("metrics_so_far", self.rank)
         return {k: [row.get(k, np.nan) for row in self.history] for k in METRICS}
@@ -585,29 +595,26 @@ class Checkpointing:
         run = self.run
         comm = run.comm
         if self.rank == 0:
-            srv = ckpt["server"]
-            run.replica.z[:] = srv["z"]
-            parts = [None] + ckpt["workers"]
-            head = (int(ckpt["attrs"]["round"]), float(ckpt["attrs"]["elapsed"]), float(srv["s"]))
-        else:
-            parts, head = None, None
-        mine = scatter_states(comm, parts)
-        comm.Bcast(run.replica.z, root=0)
-        head = comm.bcast(head, root=0)
-        run.replica.s = head[2]
-        if self.rank == 0:
-            run.timing[:] = srv["timing"]
-            if run.averager is not None:
-                a = run.averager
-                a.S[:], a.Cmark[:] = srv["S"], srv["Cmark"]
-                a.C, a.wsum = float(srv["C"]), float(srv["wsum"])
-            if run.agg.memory is not None:
-                run.agg.memory[:] = srv["downlink_memory"]
+            self.server.load_state(ckpt["server"])
+            parts = ckpt["workers"] if getattr(run, "peer", False) else [None] + ckpt["workers"]
+            head = (int(ckpt["attrs"]["round"]), float(ckpt["attrs"]["elapsed"]), run.replica.s)
             rows = len(ckpt["metrics"].get("round", []))
             self.history = [{k: float(ckpt["metrics"][k][i]) for k in ckpt["metrics"]}
                             for i in range(rows)]
             self.last_path, self.last_round = ckpt["path"], head[0]
         else:
+            parts, head = None, None
+        mine = scatter_states(comm, parts)
+        comm.Bcast(run.replica.z, root=0)   # every replica is the server's x
+        head = comm.bcast(head, root=0)
+        run.replica.s = head[2]
+        if mine is not None:
             run.ws.load_state(mine)
         self.finite_round = head[0]
         return head[:2]
+
+
+def _workers(run, parts):
+    """The worker states of gather_states' rank-ordered list: ranks 1..W behind a server, every
+    rank with --topology allgather (worker w = rank w - 1)."""
+    return parts if getattr(run, "peer", False) else parts[1:]

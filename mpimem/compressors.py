@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from . import kernels as K
+from . import step
 from .errors import MpimemError
 from .rng import RAND_K, stream_state
 
@@ -49,29 +49,19 @@ def sparse_views(buf: np.ndarray, n: int):
 
 def emit_vector(m: np.ndarray, sel: np.ndarray, n: int, out: np.ndarray) -> int:
     """Send u = m restricted to sel[:n] (all of m when n < 0) and keep m := m - u; returns the
-    bytes written to out.
+    bytes written to out (mpimem.step.emit_vector, the one encoder of variable-size vectors).
 
     u is float32 on the wire, so m keeps the exact residual m - float32(m) (kernels.emit_sparse).
     The encoding follows `sparse_is_smaller`: idx + vals (8 n bytes) only when shorter than the
     dense float32 vector (4 d bytes), which carries zeros off sel. A sparse payload is thus always
     shorter than a dense one, `decode_downlink` tells them apart by size alone, and out never
     needs more than 4 d bytes."""
-    d = m.size
-    if n >= 0 and sparse_is_smaller(n, d):
-        idx, vals = sparse_views(out, n)
-        idx[:] = sel[:n]
-        K.emit_sparse(m, idx, n, vals)
-        return 8 * n
-    keep = slice(None) if n < 0 else sel[:n]
-    dense = out[: 4 * d].view(np.float32)
-    dense[:] = 0.0
-    dense[keep] = m[keep]
-    m[keep] -= dense[keep]
-    return 4 * d
+    return step.emit_vector(m, sel, n, out)
 
 
 class Aggregator:
-    """The server's scratch for sum_w u_w and the downlink encoding of U = (1/W) sum_w u_w.
+    """The server's scratch for sum_w u_w and the downlink encoding of U = (1/W) sum_w u_w
+    (mpimem.step.agg_add / agg_finish run on `arrays`).
 
     Downlink: int32 idx + float32 vals of the union of coordinates (8 n bytes) when that is
     smaller than the dense float32 vector (4 d bytes); every party applies exactly these values.
@@ -85,64 +75,21 @@ class Aggregator:
     def __init__(self, d: int, workers: int, max_entries: int, downlink_k: int = None):
         self.d, self.workers = d, workers
         self.acc = np.zeros(d)
-        self.mark = np.zeros(d, np.uint8)
-        self.union = np.zeros(max(1, min(d, max_entries)), np.int64)
-        self.nunion = 0
-        self.dense = False
         self.out = np.zeros(4 * d, np.uint8)
-        self.down = TopK(d, downlink_k) if downlink_k else None
+        K = downlink_k or 0
         self.memory = np.zeros(d) if downlink_k else None  # server state: checkpointed
+        self.arrays = (self.acc, np.zeros(d, np.uint8),
+                       np.zeros(max(1, min(d, max_entries)), np.int64),
+                       np.zeros(2, np.int64),             # [union size, dense flag]
+                       self.out, self.memory if downlink_k else np.zeros(0),
+                       np.zeros(K, np.int64), np.zeros(K), np.zeros(K, np.int64))
 
     def add_sparse(self, idx, vals):
-        if self.dense:
-            np.add.at(self.acc, idx, vals.astype(np.float64))
-            return
-        if self.nunion + idx.size > self.union.size:  # the union can no longer beat dense
-            self.dense = True
-            self.mark[self.union[: self.nunion]] = 0
-            np.add.at(self.acc, idx, vals.astype(np.float64))
-            return
-        self.nunion = K.sparse_add(self.acc, self.mark, self.union, self.nunion, idx, vals, idx.size)
-
-    def add_dense(self, vals):
-        if not self.dense:
-            self.mark[self.union[: self.nunion]] = 0
-            self.dense = True
-        self.acc += vals
+        step.agg_add_sparse(self.arrays, idx, vals, idx.size)
 
     def finish(self) -> np.ndarray:
         """The downlink payload (a view of self.out); resets the scratch for the next round."""
-        if self.down is not None:
-            return self._finish_compressed()
-        n, d = self.nunion, self.d
-        if not self.dense and sparse_is_smaller(n, d):
-            idx, vals = sparse_views(self.out, n)
-            K.sparse_finish(self.acc, self.mark, self.union, n, float(self.workers), idx, vals)
-            payload = self.out[: 8 * n]
-        else:
-            if not self.dense:
-                self.mark[self.union[:n]] = 0
-            K.dense_finish(self.acc, float(self.workers), self.out.view(np.float32))
-            payload = self.out
-        self.nunion, self.dense = 0, False
-        return payload
-
-    def _finish_compressed(self) -> np.ndarray:
-        """D = top-K(m_s + U) as the downlink; m_s keeps the rest (O(d) a round, on the server)."""
-        m, k = self.memory, self.down.k
-        if self.dense:
-            m += self.acc / self.workers
-            self.acc[:] = 0.0
-        else:
-            touched = self.union[: self.nunion]
-            m[touched] += self.acc[touched] / self.workers
-            self.acc[touched] = 0.0
-            self.mark[touched] = 0
-        down = self.down
-        n = K.top_k_scan(m, down.sel, -1, k, down.sel, down.hkey, down.hidx)
-        nbytes = emit_vector(m, down.sel, n, self.out)
-        self.nunion, self.dense = 0, False
-        return self.out[:nbytes]
+        return self.out[: step.agg_finish(self.arrays, float(self.workers))]
 
 
 def decode_downlink(payload: np.ndarray, d: int):
@@ -155,15 +102,50 @@ def decode_downlink(payload: np.ndarray, d: int):
 
 
 class Compressor:
-    """Base: the operator's name, parameters and scratch shared by all calls (not state)."""
+    """Base: the operator's parameters (its slots of mpimem.step's P) and its scratch arrays
+    (`scratch`: selections, heaps, rand-k stream bases); no state of the algorithm."""
 
     name = "?"
+    k = 0
+    levels, bits, divisor = 0, 0, 1.0
 
     def __init__(self, d: int):
         self.d = d
+        self.sel = np.zeros(1, np.int64)
+        self.hkey, self.hidx = np.zeros(1), np.zeros(1, np.int64)
+        self.wsel, self.wkey, self.widx = np.zeros(1, np.int64), np.zeros(1), np.zeros(1, np.int64)
+        self.pool_k = 0
+        self.floyd_mark = np.zeros(0, np.uint8)
+        self.bases = np.zeros((1, 4), np.uint64)
 
     def max_message_bytes(self) -> int:
         raise NotImplementedError
+
+    def fill_params(self, P: np.ndarray) -> np.ndarray:
+        """Write the operator's slots of P (mpimem.step) and return P."""
+        P[step.P_OP] = step.OP_CODES[self.name]
+        P[step.P_D] = self.d
+        P[step.P_K] = self.k
+        P[step.P_LEVELS], P[step.P_BITS], P[step.P_DIVISOR] = self.levels, self.bits, self.divisor
+        P[step.P_POOL_K] = self.pool_k
+        P[step.P_MSG_BYTES] = self.max_message_bytes()
+        P[step.P_MEMORY] = 1.0
+        return P
+
+    def scratch(self, workers: int = 1) -> tuple:
+        """The scratch tuple `cs` of mpimem.step (rand-k stream bases for workers 1..workers)."""
+        return (self.sel, self.hkey, self.hidx, self.wsel, self.wkey, self.widx, self.floyd_mark,
+                self.bases)
+
+    def compress(self, ws, r: int) -> int:
+        """u = comp(v) for worker state ws in round r into ws.msg; m := v - u; bytes written."""
+        P = self.fill_params(np.zeros(step.P_SIZE))
+        return step.compress(P, ws.arrays, self.scratch(ws.worker), ws.worker, r)
+
+    def add_to(self, agg: Aggregator, msg: np.ndarray, worker: int = 1, r: int = 0) -> None:
+        """agg += the u that message msg of `worker` in its round r stands for."""
+        P = self.fill_params(np.zeros(step.P_SIZE))
+        step.agg_add(P, agg.arrays, self.scratch(worker), msg, msg.size, worker, r)
 
     def decode(self, msg: np.ndarray, worker: int = 1, r: int = 0) -> np.ndarray:
         """The dense float64 u that message `msg` of `worker` in round r stands for."""
@@ -179,16 +161,6 @@ class Identity(Compressor):
 
     def max_message_bytes(self):
         return 4 * self.d
-
-    def compress(self, ws, r):
-        return emit_vector(ws.m, ws.cand, ws.ncand, ws.msg)
-
-    def add_to(self, agg, msg, worker, r):
-        idx, vals = decode_downlink(msg, self.d)
-        if idx is None:
-            agg.add_dense(vals)
-        else:
-            agg.add_sparse(idx, vals)
 
 
 class TopK(Compressor):
@@ -211,21 +183,6 @@ class TopK(Compressor):
     def max_message_bytes(self):
         return 8 * self.k
 
-    def compress(self, ws, r):
-        if ws.pool.size:
-            n = K.pool_top_k(ws.m, ws.cand, ws.ncand, ws.pool, ws.inpool, ws.pool_state, self.k,
-                             self.pool_k, self.sel, self.hkey, self.hidx, self.wsel, self.wkey,
-                             self.widx)
-        else:
-            n = K.top_k_scan(ws.m, ws.cand, ws.ncand, self.k, self.sel, self.hkey, self.hidx)
-        idx, vals = sparse_views(ws.msg, n)
-        idx[:] = self.sel[:n]
-        K.emit_sparse(ws.m, self.sel, n, vals)
-        return 8 * n
-
-    def add_to(self, agg, msg, worker, r):
-        agg.add_sparse(*sparse_views(msg, msg.size // 8))
-
 
 class RandK(Compressor):
     """rand-k: k coordinates uniform without replacement, unscaled (SPEC); 4k bytes of values.
@@ -241,25 +198,14 @@ class RandK(Compressor):
         self.k, self.seed = k, seed
         self.sel = np.zeros(k, np.int64)
         self.floyd_mark = np.zeros(d, np.uint8)
-        self.bases = {}
 
     def max_message_bytes(self):
         return 4 * self.k
 
-    def indices(self, worker, r):
-        base = self.bases.get(worker)
-        if base is None:
-            base = self.bases[worker] = stream_state(self.seed, worker, RAND_K)
-        K.rand_k_indices(base, r, self.d, self.k, self.sel, self.floyd_mark)
-        return self.sel
-
-    def compress(self, ws, r):
-        idx = self.indices(ws.worker, r)
-        K.emit_sparse(ws.m, idx, self.k, ws.msg[: 4 * self.k].view(np.float32))
-        return 4 * self.k
-
-    def add_to(self, agg, msg, worker, r):
-        agg.add_sparse(self.indices(worker, r).astype(np.int32), msg.view(np.float32))
+    def scratch(self, workers: int = 1) -> tuple:
+        if self.bases.shape[0] <= workers:
+            self.bases = np.array([stream_state(self.seed, w, RAND_K) for w in range(workers + 1)])
+        return super().scratch(workers)
 
 
 class Quantiser(Compressor):
@@ -276,21 +222,6 @@ class Quantiser(Compressor):
     def max_message_bytes(self):
         return 4 + (self.d * self.bits + 7) // 8
 
-    def compress(self, ws, r):
-        n = self.max_message_bytes()
-        K.qsgd_encode(ws.m, float(self.levels), self.bits, self.divisor, ws.rng_quant,
-                      ws.msg[:4].view(np.float32), ws.msg[4:n])
-        return n
-
-    def add_to(self, agg, msg, worker, r):
-        agg.add_dense(self.dequantise(msg))
-
-    def dequantise(self, msg):
-        out = np.zeros(self.d)
-        K.quant_decode_add(msg[:4].view(np.float32), msg[4:], self.bits, float(self.levels),
-                           self.divisor, out)
-        return out
-
 
 class ScaledSign(Quantiser):
     """Scaled sign: comp(v) = (||v||_1/d) sign(v), a k-contraction with k/d = ||v||_1^2/(d||v||^2)."""
@@ -298,11 +229,6 @@ class ScaledSign(Quantiser):
     def __init__(self, d):
         Compressor.__init__(self, d)
         self.name, self.levels, self.bits, self.divisor = "sign", 1, 1, 1.0
-
-    def compress(self, ws, r):
-        n = self.max_message_bytes()
-        K.sign_encode(ws.m, ws.msg[:4].view(np.float32), ws.msg[4:n])
-        return n
 
 
 def levels_from_bits(bits: int) -> int:

@@ -16,14 +16,15 @@ so step 1.1 adds eta_t b lam x to v (O(d) per round) and factor = 1. "server" (t
 leaves the L2 term out of the compressed vector and applies it exactly on the iterate,
 factor = 1 - b eta_t lam, a scalar (x = s z); per round cost then grows with nnz and k, not d.
 """
-import time
-
 import numpy as np
 import scipy.sparse as sp
 
 from . import kernels as K
-from .compressors import Aggregator, TopK, decode_downlink
-from .model import Averager, Replica, apply_update
+from . import step
+from .compressors import Aggregator, TopK
+from .model import Averager, Replica, averager_arrays
+from .mpicall import table
+from .segments import local_segment
 from .rng import QUANTISE, SAMPLING, stream_state
 from .schedule import AveragingWeights, StepSchedule
 
@@ -33,7 +34,7 @@ TIMING_COLUMNS = ("gradient", "compression", "communication", "waiting", "evalua
 class ShardData:
     """A worker's rows in the form the kernels take: dense X, or CSR (data, indices, indptr)."""
 
-    __slots__ = ("dense", "X", "data", "indices", "indptr", "y", "n", "max_row_nnz")
+    __slots__ = ("dense", "X", "data", "indices", "indptr", "y", "n", "max_row_nnz", "arrays")
 
     def __init__(self, X, y):
         self.y = np.ascontiguousarray(y, dtype=np.float64)
@@ -48,6 +49,14 @@ class ShardData:
             self.X = X
             self.data, self.indices, self.indptr = X.data, X.indices, X.indptr
             self.max_row_nnz = int(np.diff(X.indptr).max()) if self.n else 0
+        # the tuple mpimem.step takes: dense X (CSR: an empty X), or the CSR arrays
+        if self.dense:
+            none = np.zeros(0, self.X.dtype)
+            self.arrays = (self.X, none, np.zeros(0, np.int32), np.zeros(1, np.int64), self.y)
+        else:
+            self.arrays = (np.zeros((0, 0), self.data.dtype), self.data,
+                           self.indices.astype(np.int32, copy=False),
+                           self.indptr.astype(np.int64, copy=False), self.y)
 
 
 class WorkerState:
@@ -62,9 +71,11 @@ class WorkerState:
         # (kernels.pool_top_k: pool members, membership flags, [pool size, threshold])
         "pool", "inpool", "pool_state",
         # scratch
-        "rows", "mark", "cand", "ncand", "msg",
-        # statistics
-        "bytes_up", "bytes_down", "timing",
+        "rows", "mark", "cand", "msg",
+        # statistics: counters = [bytes_up, bytes_down, ncand (candidates of the last round)]
+        "counters", "timing",
+        # everything above as the tuple mpimem.step takes
+        "arrays",
     )
 
     def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_pool):
@@ -78,14 +89,20 @@ class WorkerState:
         self.rows = np.zeros(batch, np.int64)
         self.mark = np.zeros(d, np.uint8)
         self.cand = np.zeros(max(1, min(d, batch * shard.max_row_nnz)), np.int64)
-        self.ncand = -1
         self.msg = np.zeros(max(8, compressor.max_message_bytes()), np.uint8)
-        self.bytes_up = 0
-        self.bytes_down = 0
+        self.counters = np.array([0, 0, -1], np.int64)
         self.timing = np.zeros(len(TIMING_COLUMNS))
         self.pool = np.zeros(d if use_pool else 0, np.int64)
         self.inpool = np.zeros(d if use_pool else 0, np.uint8)
         self.pool_state = np.zeros(2)
+        self.arrays = (self.m, self.perm, self.cursor, self.rng_sample, self.rng_quant, self.rows,
+                       self.mark, self.cand, self.msg, self.pool, self.inpool, self.pool_state,
+                       self.counters, self.timing)
+
+    bytes_up = property(lambda self: int(self.counters[step.C_UP]),
+                        lambda self, v: self.counters.__setitem__(step.C_UP, v))
+    bytes_down = property(lambda self: int(self.counters[step.C_DOWN]),
+                          lambda self, v: self.counters.__setitem__(step.C_DOWN, v))
 
     STATE = ("m", "perm", "cursor", "rng_sample", "rng_quant", "timing")
 
@@ -105,12 +122,14 @@ class WorkerState:
                                  f"{value.shape}, expected {current.shape}")
             current[...] = value
         self.bytes_up, self.bytes_down = int(state["bytes_up"]), int(state["bytes_down"])
+        self.counters[step.C_NCAND] = -1
         self.inpool[:] = 0
         self.pool_state[:] = (0.0, -1.0)  # no valid pool: the next round rebuilds it (full scan)
 
 
 class RoundRule:
-    """The resolved, immutable rules of a run: operator, schedule, weights, placement of L2."""
+    """The resolved, immutable rules of a run: operator, schedule, weights, placement of L2,
+    and the same as the parameter array P of the compiled steps (mpimem.step)."""
 
     def __init__(self, cfg, d, workers, compressor):
         self.cfg = cfg
@@ -123,6 +142,16 @@ class RoundRule:
         self.l2_on_server = cfg.l2 == "server"
         self.schedule = StepSchedule(cfg.schedule, cfg.gamma, cfg.lam, cfg.shift)
         self.weights = AveragingWeights(cfg.averaging, cfg.shift)
+        P = compressor.fill_params(np.zeros(step.P_SIZE))
+        P[step.P_B], P[step.P_LAM] = self.b, self.lam
+        P[step.P_L2_SERVER], P[step.P_MEMORY] = self.l2_on_server, self.memory
+        P[step.P_SCHEDULE] = step.SCHEDULE_CODES[cfg.schedule]
+        P[step.P_GAMMA], P[step.P_SHIFT] = cfg.gamma, cfg.shift
+        P[step.P_AVERAGING] = step.AVERAGING_CODES[cfg.averaging]
+        P[step.P_WORKERS] = workers
+        self.P = P
+        self.cs = compressor.scratch(workers)
+        self.clock = table(mpi=False)
 
     def uses_pool(self, shard: ShardData) -> bool:
         """Threshold pool for top-k when a round's memory changes touch only nnz coordinates."""
@@ -134,7 +163,7 @@ class RoundRule:
 
     def factor(self, r):
         """The scale of x in step 3: 1 - b eta_t lam (server-side L2) or 1 (paper-exact)."""
-        return 1.0 - self.b * self.eta(r) * self.lam if self.l2_on_server else 1.0
+        return step.factor_of(self.P, self.eta(r))
 
     def make_aggregator(self):
         per_message = self.comp.max_message_bytes() // 4
@@ -155,50 +184,32 @@ class RoundRule:
         nbytes = self.worker_step(ws, shard, replica, 0)
         self.apply(replica, self.aggregate(self.make_aggregator(), [ws.msg[:nbytes]], 0), 0, averager)
 
-    # ---------------------------------------------------------------- step 1: a worker's round
+    # ---------------------------------------------------------------- the steps (mpimem.step)
     def worker_step(self, ws: WorkerState, shard: ShardData, replica: Replica, r: int) -> int:
         """Steps 1-1.2 for worker ws in round r; the message is ws.msg[:returned byte count]."""
-        t0 = time.perf_counter()
-        eta = self.eta(r)
-        K.next_batch(ws.perm, ws.cursor, ws.rng_sample, ws.rows)
-        touched = -1
-        if shard.dense:
-            K.grad_dense_into(shard.X, shard.y, ws.rows, replica.z, replica.s, ws.m, eta)
-        else:
-            touched = K.grad_csr_into(shard.data, shard.indices, shard.indptr, shard.y, ws.rows,
-                                      replica.z, replica.s, ws.m, eta, ws.mark, ws.cand, 0)
-        ws.ncand = touched
-        if not self.l2_on_server:
-            K.add_l2_into(ws.m, replica.z, replica.s, eta * self.b * self.lam)
-            ws.ncand = -1
-        t1 = time.perf_counter()
-        nbytes = self.comp.compress(ws, r)
-        if touched >= 0:
-            changed = ws.cand[:touched]
-            ws.mark[changed] = 0
-            if not self.memory and ws.ncand >= 0:
-                ws.m[changed] = 0.0
-        if not self.memory and ws.ncand < 0:
-            ws.m[:] = 0.0
-        ws.timing[0] += t1 - t0
-        ws.timing[1] += time.perf_counter() - t1
-        ws.bytes_up += nbytes
-        return nbytes
+        return step.worker_step(self.P, shard.arrays, ws.arrays, self.cs, replica.z,
+                                replica.scale, ws.worker, r, self.eta(r), self.clock)
 
-    # ---------------------------------------------------------------- step 2: the server's sum
     def aggregate(self, agg: Aggregator, messages, r: int) -> np.ndarray:
         """U = (1/W) sum_w u_w from the W messages (worker order); returns the downlink payload."""
         for w, msg in enumerate(messages, start=1):
-            self.comp.add_to(agg, msg, w, r)
+            step.agg_add(self.P, agg.arrays, self.cs, msg, msg.size, w, r)
         return agg.finish()
 
-    # ---------------------------------------------------------------- step 3: everyone applies
+    def run_local(self, ws: WorkerState, shard: ShardData, replica: Replica, agg: Aggregator,
+                  averager: Averager, r0: int, r1: int) -> float:
+        """Rounds r0 .. r1-1 of one worker and the server in one process, compiled
+        (mpimem.segments.local_segment); returns the server's aggregate + apply seconds."""
+        server = np.zeros(1)
+        local_segment(self.P, self.clock, shard.arrays, ws.arrays, self.cs, agg.arrays, replica.z,
+                      replica.scale, averager_arrays(averager), averager is not None, ws.worker,
+                      r0, r1, server)
+        return float(server[0])
+
     def apply(self, replica: Replica, payload: np.ndarray, r: int, averager: Averager = None):
         """x_{r+1} = factor x_r - U on a replica; the server also counts w_r x_r into xbar."""
-        if averager is not None:
-            averager.add_weight(replica, self.weights.weight(r * self.b))
-        idx, vals = decode_downlink(payload, self.d)
-        apply_update(replica, self.factor(r), idx, vals, averager)
+        step.server_apply(self.P, replica.z, replica.scale, payload, payload.size,
+                          averager_arrays(averager), averager is not None, r)
 
 
 def make_averager(cfg, d):

@@ -111,3 +111,14 @@ def fault_point(place: str, rank: int) -> None:
             time.sleep(float(parts[2]))
     elif int(parts[2]) == rank and _REACHED[place] == (int(parts[3]) if len(parts) > 3 else 1):
         raise RuntimeError(f"injected fault at {place} (MPIMEM_FAULT)")
+
+
+def slow_worker_delay(rank: int) -> float:
+    """The MPIMEM_SLOW_WORKER=RANK:SECONDS test hook: seconds rank RANK sleeps before each
+    exchange (allgather) or send (async); 0 for every other rank or when unset."""
+    spec = os.environ.get("MPIMEM_SLOW_WORKER", "")
+    if ":" in spec:
+        who, seconds = spec.split(":", 1)
+        if int(who) == rank:
+            return float(seconds)
+    return 0.0

@@ -31,47 +31,59 @@ Cost: a fold needs s to move by a factor 2 since the last one (or a factor outsi
 a decay schedule, s ~ (a/t)^2, folds about 2 log2(T/a) times in T rounds (40 in 1e6).
 """
 import numpy as np
-from numba import njit
 
-from .kernels import CACHE
+from . import step
 
-BAND_LOW, BAND_HIGH = 0.5, 2.0
+BAND_LOW, BAND_HIGH = 0.5, 2.0   # the band of s (mpimem.step.apply_decoded enforces it)
 
 
 class Replica:
-    """One copy of the iterate: x = s * z. Every worker and the server hold one, bit-identical."""
+    """One copy of the iterate: x = s * z. Every worker and the server hold one, bit-identical.
+    s lives in a one-element array (`scale`) so that compiled loops update it in place."""
 
-    __slots__ = ("z", "s")
+    __slots__ = ("z", "scale")
 
     def __init__(self, d: int):
         self.z = np.zeros(d)
-        self.s = 1.0
+        self.scale = np.ones(1)
+
+    @property
+    def s(self) -> float:
+        return float(self.scale[0])
+
+    @s.setter
+    def s(self, value: float) -> None:
+        self.scale[0] = value
 
     def x(self) -> np.ndarray:
         return self.s * self.z
 
 
 class Averager:
-    """The server's lazy weighted average of the iterates (state a checkpoint must save)."""
+    """The server's lazy weighted average of the iterates (state a checkpoint must save).
+    `arrays` = (S, Cmark, [C, wsum]) is what the compiled step functions take."""
 
-    __slots__ = ("S", "Cmark", "C", "wsum")
+    __slots__ = ("S", "Cmark", "c")
 
     def __init__(self, d: int):
         self.S = np.zeros(d)
         self.Cmark = np.zeros(d)
-        self.C = 0.0
-        self.wsum = 0.0
+        self.c = np.zeros(2)
+
+    @property
+    def arrays(self):
+        return self.S, self.Cmark, self.c
+
+    C = property(lambda self: float(self.c[0]), lambda self, v: self.c.__setitem__(0, v))
+    wsum = property(lambda self: float(self.c[1]), lambda self, v: self.c.__setitem__(1, v))
 
     def add_weight(self, replica: Replica, w: float) -> None:
         """Count the current iterate x_r with weight w_r (before round r's update is applied)."""
-        self.C += w * replica.s
-        self.wsum += w
+        step.add_weight(self.arrays, replica.scale, w)
 
     def settle(self, replica: Replica) -> None:
         """S_j += z_j (C - Cmark_j) for every j, then C = Cmark = 0: xbar unchanged, O(d)."""
-        self.S += replica.z * (self.C - self.Cmark)
-        self.Cmark[:] = 0.0
-        self.C = 0.0
+        step.settle(self.arrays, replica.z)
 
     def xbar(self, replica: Replica) -> np.ndarray:
         if self.wsum == 0.0:
@@ -79,26 +91,13 @@ class Averager:
         return (self.S + replica.z * (self.C - self.Cmark)) / self.wsum
 
 
-@njit(cache=CACHE)
-def _apply_sparse(z, s_new, idx, vals, S, Cmark, C, track):
-    for i in range(idx.size):
-        j = idx[i]
-        if track:
-            S[j] += z[j] * (C - Cmark[j])
-            Cmark[j] = C
-        z[j] -= np.float64(vals[i]) / s_new
+NO_AVERAGER = (np.zeros(0), np.zeros(0), np.zeros(2))
+_NO_INDEX = np.zeros(0, np.int32)
 
 
-@njit(cache=CACHE)
-def _apply_dense(z, s_new, vals, S, Cmark, C, track):
-    for j in range(z.size):
-        if track:
-            S[j] += z[j] * (C - Cmark[j])
-            Cmark[j] = C
-        z[j] -= np.float64(vals[j]) / s_new
-
-
-_EMPTY = np.zeros(0)
+def averager_arrays(averager: Averager):
+    """The averager's arrays for the compiled steps (placeholders when there is none)."""
+    return NO_AVERAGER if averager is None else averager.arrays
 
 
 def apply_update(replica: Replica, factor: float, idx, vals, averager: Averager = None) -> bool:
@@ -108,18 +107,7 @@ def apply_update(replica: Replica, factor: float, idx, vals, averager: Averager 
     s * factor leaves the band [1/2, 2] the scale is first folded into z (module docstring).
     Returns whether it folded (every coordinate of z then changed).
     """
-    s_new = replica.s * factor
-    folded = not BAND_LOW <= s_new <= BAND_HIGH  # also 0, negative, nan, inf
-    if folded:
-        if averager is not None:
-            averager.settle(replica)
-        replica.z *= s_new
-        s_new = 1.0
-    replica.s = s_new
-    track = averager is not None
-    S, Cmark, C = (averager.S, averager.Cmark, averager.C) if track else (_EMPTY, _EMPTY, 0.0)
-    if idx is None:
-        _apply_dense(replica.z, s_new, vals, S, Cmark, C, track)
-    else:
-        _apply_sparse(replica.z, s_new, idx, vals, S, Cmark, C, track)
-    return folded
+    dense = idx is None
+    return step.apply_decoded(replica.z, replica.scale, float(factor),
+                              _NO_INDEX if dense else idx, vals, dense,
+                              averager_arrays(averager), averager is not None)

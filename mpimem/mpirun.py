@@ -23,13 +23,16 @@ from .compressors import make_compressor
 from .config import resolve, row_norm_sum, scale_note
 from .engine import (TIMING_COLUMNS, RoundRule, ShardData, WorkerState, eval_rounds,
                      make_averager, total_rounds, xbar_of)
-from .errors import MpimemError, at_abort, fault_point, report
+from .errors import MpimemError, at_abort, fault_point, report, slow_worker_delay
 from .metrics import eval_point, negative_gap, shard_sums
-from .model import Replica
+from .model import NO_AVERAGER, Replica, averager_arrays
+from .mpicall import table
+from .segments import allgather_segment, server_segment, worker_segment
 from .runfile import RunWriter, check_run_path, new_run_id
-from .signals import immediate
 
-TAG_UP = 11
+# a compiled segment returns to Python at least this often (signals, time-based checkpoints);
+# MPIMEM_SEGMENT_SECONDS changes it (0: after every round; the trajectory never depends on it)
+SEGMENT_SECONDS = float(os.environ.get("MPIMEM_SEGMENT_SECONDS", "0.5"))
 
 
 def agree(comm, fn):
@@ -89,6 +92,7 @@ class Run:
         self.timing = np.zeros(len(TIMING_COLUMNS))
         self.down = np.zeros(4 * self.d, np.uint8)
         self.hdr = np.zeros(1, np.int64)
+        self.mpi = table()
         self.ck, self.start_round, self.elapsed0 = None, 0, 0.0  # set by train() (checkpoints)
         self.run_id = None          # rank 0: this run's id (mpimem.runfile), set by train()
         self.averager = None
@@ -97,56 +101,51 @@ class Run:
             self.averager = make_averager(self.cfg, self.d)
         if self.rank == 0 or self.peer:
             self.agg = self.rule.make_aggregator()
+        slot = -(-max(8, self.comp.max_message_bytes()) // 8) * 8   # 8-aligned message slots
         if self.rank == 0 and not self.peer:
-            size = max(8, self.comp.max_message_bytes())
-            self.inbox = [np.zeros(size, np.uint8) for _ in range(self.workers)]
+            self.inbox = np.zeros((self.workers, slot), np.uint8)
+            self.sizes = np.zeros(self.workers, np.int64)
+        if self.peer:  # allgather: size, sizes, received messages, counts, displacements
+            W = self.workers
+            self.exchange = (np.zeros(1, np.int64), np.zeros(W, np.int64),
+                             np.zeros(W * slot, np.uint8), np.zeros(W, np.int32),
+                             np.zeros(W, np.int32))
+            self.delay = slow_worker_delay(self.rank)
         if self.worker_id:
             shard = read_shard(cfg.data, self.worker_id - 1, self.workers)
             self.shard = ShardData(shard.X, shard.y)
             self.ws = WorkerState(self.worker_id, self.shard, self.d, self.cfg.batch_size,
                                   self.cfg.seed, self.comp, self.rule.uses_pool(self.shard))
+        if self.cfg.mode == "sync":
+            self.segment(0, 0)   # loads the compiled segment (no round, no message)
 
     # ------------------------------------------------------------------ rounds
-    def server_round(self, r):
-        from mpi4py import MPI
+    def segment(self, r0, r1):
+        """Rounds r0 .. r1-1 (or fewer: mpimem.segments) in compiled code; the next round."""
+        if self.peer:
+            size, sizes, recv, counts, displs = self.exchange
+            return allgather_segment(self.rule.P, self.mpi, self.shard.arrays, self.ws.arrays,
+                                     self.rule.cs, self.agg.arrays, self.replica.z,
+                                     self.replica.scale, averager_arrays(self.averager),
+                                     self.averager is not None, size, sizes, recv, counts,
+                                     displs, self.worker_id, r0, r1, SEGMENT_SECONDS, self.delay)
+        if self.rank == 0:
+            return server_segment(self.rule.P, self.mpi, self.agg.arrays, self.rule.cs,
+                                  self.inbox, self.sizes, self.replica.z, self.replica.scale,
+                                  averager_arrays(self.averager), self.averager is not None,
+                                  self.hdr, self.timing, r0, r1, SEGMENT_SECONDS)
+        return worker_segment(self.rule.P, self.mpi, self.shard.arrays, self.ws.arrays,
+                              self.rule.cs, self.replica.z, self.replica.scale, self.down,
+                              self.hdr, NO_AVERAGER, self.worker_id, r0, r1)
 
-        comm, status = self.comm, MPI.Status()
-        t0 = time.perf_counter()
-        messages = []
-        for w in range(1, self.workers + 1):
-            comm.Probe(source=w, tag=TAG_UP, status=status)
-            nbytes = status.Get_count(MPI.BYTE)
-            comm.Recv([self.inbox[w - 1], nbytes, MPI.BYTE], source=w, tag=TAG_UP)
-            messages.append(self.inbox[w - 1][:nbytes])
-        t1 = time.perf_counter()
-        payload = self.rule.aggregate(self.agg, messages, r)
-        t2 = time.perf_counter()
-        self.hdr[0] = payload.size
-        comm.Bcast(self.hdr, root=0)
-        comm.Bcast([payload, payload.size, MPI.BYTE], root=0)
-        t3 = time.perf_counter()
-        self.rule.apply(self.replica, payload, r, self.averager)
-        self.timing[1] += (t2 - t1) + (time.perf_counter() - t3)
-        self.timing[3] += t1 - t0
-        self.timing[2] += t3 - t2
-
-    def worker_round(self, r):
-        from mpi4py import MPI
-
-        comm, ws = self.comm, self.ws
-        nbytes = self.rule.worker_step(ws, self.shard, self.replica, r)
-        t0 = time.perf_counter()
-        comm.Send([ws.msg, nbytes, MPI.BYTE], dest=0, tag=TAG_UP)
-        t1 = time.perf_counter()
-        comm.Bcast(self.hdr, root=0)
-        n = int(self.hdr[0])
-        comm.Bcast([self.down, n, MPI.BYTE], root=0)
-        t2 = time.perf_counter()
-        ws.bytes_down += 8 + n
-        self.rule.apply(self.replica, self.down[:n], r)
-        ws.timing[1] += time.perf_counter() - t2
-        ws.timing[2] += t1 - t0
-        ws.timing[3] += t2 - t1
+    def next_event(self, r):
+        """The first round after r at which Python must act: an evaluation point, a checkpoint
+        due by round count, or the end (the same on every rank)."""
+        nxt = min([e for e in self.evals if e > r] + [self.rounds])
+        every = self.ck.every_rounds if self.ck.enabled else None
+        if every:
+            nxt = min(nxt, (r // every + 1) * every)
+        return nxt
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, r, started, samples=None, sync_replicas=False):
@@ -232,21 +231,23 @@ class Run:
 
     # ------------------------------------------------------------------ the whole run
     def loop(self, writer):
-        """The sync rounds; checkpoints, signals and the NaN stop at round boundaries
-        (mpimem.checkpoint). Returns "preempted" when a signal stopped the run."""
+        """The rounds of the sync server and of allgather as compiled segments
+        (mpimem.segments); between two segments the
+        evaluation points, checkpoints, signals and the NaN stop (mpimem.checkpoint). Returns
+        "preempted" when a signal stopped the run."""
         ck = self.ck
         start = self.start_round
         started = time.perf_counter() - self.elapsed0
         evals = set(self.evals)
-        step = self.server_round if self.rank == 0 else self.worker_round
-        for r in range(start, self.rounds + 1):
+        r = start
+        while True:
             if r in evals and not (r == start and start > 0):  # a resumed run has this row
                 self.record(self.evaluate(r, started), writer)
             if r == self.rounds:
                 break
-            if ck.boundary(r, started, r in evals, first=r == start) == "preempted":
+            if ck.boundary(r, started, r in evals, first=r == start, always=True) == "preempted":
                 return "preempted"
-            step(r)
+            r = self.segment(r, self.next_event(r))
         ck.final(self.rounds, started)
         fault_point("shutdown", self.rank)  # a signal from here on is ignored: the run completes
         return None
@@ -304,9 +305,6 @@ def check_world_size(comm) -> None:
 
 def select_loop(cfg):
     """The round loop for the configured mode and topology (sync parameter server by default)."""
-    if cfg.topology == "allgather":
-        from .allgather import allgather_loop
-        return allgather_loop
     if cfg.mode == "async":
         from .async_server import async_loop
         return async_loop
@@ -334,24 +332,18 @@ def train(cfg, explicit=()) -> int:
         ckpt = agree(comm, find)
         head = comm.bcast(dict(ckpt["attrs"], path=ckpt["path"], resume_run_file=ckpt["run_file"])
                           if ckpt else None, root=0)
-        cfg = agree(comm, lambda: CK.resume_config(head, cfg, explicit, comm.Get_size() - 1))
+        cfg = agree(comm, lambda: CK.resume_config(head, cfg, explicit, comm.Get_size()))
     run = agree(comm, lambda: Run(comm, cfg))
     norm_sum = comm.reduce(row_norm_sum(run.shard.X) if run.worker_id else 0.0, root=0)
-    sync = run.cfg.mode == "sync" and run.cfg.topology == "server"
-    if not sync:  # no sync points to stop at: a signal stops this run at once (mpimem.signals)
-        immediate(run.rank)
 
     def setup():
-        if not sync and ({"checkpoint_every", "resume"} & set(explicit) or cfg.resume):
-            raise MpimemError(f"--checkpoint-every/--resume support only --mode sync --topology "
-                              f"server, not --mode {run.cfg.mode} --topology {run.cfg.topology}")
         if cfg.resume:
             CK.check_compatible(run, head)
         if run.rank == 0:  # the output path, before anything is created
             run.run_id = str(head.get("run_id", "")) if cfg.resume else new_run_id()
             check_run_path(run.cfg.out, run.cfg.overwrite, run.run_id if cfg.resume else None)
         every = run.cfg.checkpoint_every or CK.DEFAULT_EVERY
-        run.ck = CK.Checkpointing(run, every, run.cfg.keep_checkpoints, enabled=sync)
+        run.ck = CK.Checkpointing(run, every, run.cfg.keep_checkpoints)
     agree(comm, setup)
     if cfg.resume and run.rank == 0:
         print(f"mpimem train: resuming from {head['path']} (round {head['round']}); writing "

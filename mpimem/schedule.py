@@ -48,11 +48,8 @@ class StepSchedule:
     shift: float
 
     def eta(self, t: float) -> float:
-        if self.kind == "decay":
-            return self.gamma / (self.lam * (t + self.shift))
-        if self.kind == "bottou":
-            return self.gamma / (1.0 + self.gamma * self.lam * t)
-        return self.gamma
+        from .step import SCHEDULE_CODES, eta_at   # the one implementation (compiled loops)
+        return eta_at(SCHEDULE_CODES[self.kind], self.gamma, self.lam, self.shift, float(t))
 
 
 @dataclass(frozen=True)
@@ -66,9 +63,8 @@ class AveragingWeights:
     shift: float
 
     def weight(self, t: float) -> float:
-        if self.kind == "quadratic":
-            return (self.shift + t) ** 2
-        return 1.0
+        from .step import AVERAGING_CODES, weight_at   # the one implementation (compiled loops)
+        return weight_at(AVERAGING_CODES[self.kind], self.shift, float(t))
 
 
 def parse_shift(text, d: int, k: int, b: int = 1) -> float:

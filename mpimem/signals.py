@@ -7,16 +7,15 @@ the heavy imports), so no SIGTERM, SIGUSR1 or SIGINT is lost at any moment of a 
                                           sync point, before round `start`, with a checkpoint of
                                           the starting state (round 0 of a new run: resuming
                                           it is a restart), run file "preempted", exit 75
-  the rounds                              the same at the next sync point (mpimem.checkpoint)
+  the rounds                              the same at the next sync point (mpimem.checkpoint;
+                                          every mode: sync and allgather rounds, async quiescent
+                                          points, within about half a second)
   shutdown (after the last sync point)    the signal is ignored: the run completes, exit 0
   a second SIGINT on the same rank        KeyboardInterrupt at once: that rank aborts the world
                                           (mpimem.cli), exit 130
 
 SIGINT is handled like SIGTERM because Ctrl-C and `timeout -s INT` reach the ranks through
 the launcher (Hydra forwards it to every rank; a second Ctrl-C makes Hydra kill the job).
-Runs without checkpoints (--mode async, --topology allgather) call `immediate()`: any of the
-three signals then stops the world (one line, exit 128 + signal number): rank 0 at once, with
-its run file marked "failed"; another rank after GRACE_SECONDS, in case rank 0 was not signalled.
 
 Every other command keeps Python's behaviour: Ctrl-C raises KeyboardInterrupt, which
 mpimem.cli reports as one line "mpimem: error: interrupted", exit 130.
@@ -31,7 +30,6 @@ import signal
 
 CAUGHT = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EX_INTERRUPTED = 130        # 128 + SIGINT: the shell's status of a Ctrl-C'ed command
-GRACE_SECONDS = 2.0         # immediate mode: how long a worker leaves rank 0 to stop the job
 
 
 class Signals:
@@ -39,16 +37,14 @@ class Signals:
     run to act on at its next sync point. Creating one installs the handlers (idempotent)."""
 
     caught = 0
-    stop_now = False        # set by immediate(): stop the run instead of keeping the flag
-    rank = 0
 
     def __init__(self):
         install()
 
 
 class SignalStop(BaseException):
-    """Raised by the handler in immediate mode; a BaseException so no `except Exception` in
-    the loops swallows it. mpimem.cli aborts the world with `status`."""
+    """A run stopped by a signal without a checkpoint (no mode raises it since every mode
+    checkpoints; mpimem.cli still handles it: it aborts the world with `status`)."""
 
     def __init__(self, signum):
         super().__init__(f"stopped by {signal.Signals(signum).name} (this mode writes no "
@@ -60,35 +56,12 @@ def _handler(signum, frame):
     if signum == signal.SIGINT and Signals.caught == signal.SIGINT:
         raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the next sync point
     Signals.caught = signum
-    if Signals.stop_now:
-        _stop()
 
 
 def install() -> None:
     """SIGTERM, SIGUSR1, SIGINT set Signals.caught from now on (the run acts on it later)."""
     for sig in CAUGHT:
         signal.signal(sig, _handler)
-
-
-def immediate(rank: int) -> None:
-    """For runs without sync points: every signal, including one already kept, stops the run."""
-    Signals.stop_now, Signals.rank = True, rank
-    if Signals.caught:
-        _stop()
-
-
-def _stop():
-    """Immediate mode: rank 0 stops the world now (and marks its run file failed); another rank
-    first leaves rank 0 GRACE_SECONDS to do so (the launcher signals every rank), then stops it
-    itself (SIGALRM), so that a signal to one worker alone still ends the job."""
-    if Signals.rank == 0:
-        raise SignalStop(Signals.caught)
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, GRACE_SECONDS)
-
-
-def _alarm(signum, frame):
-    raise SignalStop(Signals.caught)
 
 
 # ---------------------------------------------------------------------- closed pipes

@@ -1,6 +1,7 @@
 """`--mode async`: exact update accounting, clean termination (uneven shards, a slow worker),
-replicas equal to the server's x after the final pull, W = 1 equal to the sync loop bit for bit,
-and convergence within 2x of the sync server after the same number of samples."""
+every worker's replica equal to the server's x at checked pulls (before any re-synchronisation),
+W = 1 equal to the sync loop bit for bit, --async-step mean regularising with lambda (not W
+lambda), and convergence within 2x of the sync server after the same number of samples."""
 import h5py
 import numpy as np
 import pytest
@@ -21,9 +22,15 @@ def train(nranks, data, out, *opts, env=None, timeout=180):
     return read_run(out)
 
 
+def check_pulls(attrs):
+    """The workers' replicas at checked pulls equalled the server's x (mpimem.async_server)."""
+    assert attrs["pull_checks"] >= 1 and attrs["pull_checks_failed"] == 0, attrs
+
+
 def check_accounting(run):
     a = run["attrs"]
     assert a["status"] == "complete" and bool(a["replicas_identical"])
+    check_pulls(a)
     assert a["updates_applied"] == a["updates_sent"] == a["updates_planned"]
     with h5py.File(run["path"]) as h5:
         hist = h5["async/staleness"][()]
@@ -66,6 +73,30 @@ def test_slow_worker_neither_deadlocks_nor_loses_messages(eps, tmp_path):
     per_worker = check_accounting(run)
     assert per_worker[1] < max(per_worker[0], per_worker[2])        # rank 2 = worker 2 lags
     assert run["attrs"]["staleness_max"] >= 2
+
+
+def test_mean_step_regularises_with_lambda_not_w_lambda(eps, tmp_path):
+    """--async-step mean, W = 2: server-side L2 (a factor per message) and worker-side L2 (the
+    L2 term inside u_w, which the server divides by W) must shrink x alike. Measured final
+    |xbar| ratio server/worker: 1.06 (the old factor 1 - b eta lam per message applied W times a
+    round's shrinkage, i.e. lambda W: ratio 0.56). The pulls of both runs are checked too."""
+    opts = ["--mode", "async", "--async-step", "mean", "--lam", "0.05", "--compressor", "top_k",
+            "--k", "6", "--epochs", "3", "--schedule", "constant", "--gamma", "0.05"]
+    norm = {}
+    for l2 in ("server", "worker"):
+        run = train(3, eps, tmp_path / f"{l2}.h5", *opts, "--l2", l2)
+        check_pulls(run["attrs"])
+        norm[l2] = np.linalg.norm(run["final"]["xbar"])
+    assert abs(norm["server"] / norm["worker"] - 1) < 0.2, norm
+
+
+def test_pull_check_finds_a_dropped_coordinate(eps, tmp_path):
+    """The check is real: with MPIMEM_FAULT=drop-pull-coordinate (each sparse reply leaves one
+    changed coordinate out) workers' replicas differ from the server's at checked pulls. The
+    old test compared replicas only after the final evaluation had re-broadcast rank 0's."""
+    run = train(3, eps, tmp_path / "a.h5", "--mode", "async", "--compressor", "top_k", "--k", "6",
+                "--epochs", "1", env={"MPIMEM_FAULT": "drop-pull-coordinate"})
+    assert run["attrs"]["pull_checks_failed"] >= 1, run["attrs"]
 
 
 def test_async_within_2x_of_sync_after_the_same_samples(eps, tmp_path):

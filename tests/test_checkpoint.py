@@ -11,7 +11,6 @@ import pytest
 from conftest import run_mpi
 from datasets import make_dataset
 from mpimem import checkpoint as CK
-from mpimem.config import MODES
 from mpimem.errors import MpimemError
 from mpimem.runfile import read_run
 
@@ -184,12 +183,40 @@ def test_full_disk_mid_run_is_a_clear_error(rcv, tmp_path):
     CK.load(str(tmp_path / "run.ckpt" / "ckpt-000000100.h5"))
 
 
-@pytest.mark.skipif("async" not in MODES, reason="no --mode async in this tree")
-def test_checkpoints_refused_for_async(rcv, tmp_path):
-    proc = train(3, rcv, tmp_path / "run.h5", "--mode", "async", "--checkpoint-every", "50",
-                 check=False)
-    assert proc.returncode == 2
-    assert "support only --mode sync" in proc.stderr and proc.stderr.count("mpimem: error") == 1
+def test_server_state_round_trip_through_a_checkpoint_file(tmp_path):
+    """mpimem.server_state.ServerState: state_dict() -> checkpoint file -> load_state() restores
+    every field in place (iterate, averager, downlink memory, timing; the async counters with
+    the change log, dense entries and an empty one included); a misshapen array is refused."""
+    from mpimem.model import Averager, Replica
+    from mpimem.server_state import AsyncCounters, ServerState
+
+    rng = np.random.default_rng(1)
+
+    def state(d=7, fill=True):
+        srv = ServerState(Replica(d), Averager(d), np.zeros(d), np.zeros(5), AsyncCounters(2))
+        if fill:
+            srv.replica.z[:], srv.replica.s = rng.standard_normal(d), 0.75
+            srv.averager.S[:], srv.averager.Cmark[:] = rng.standard_normal((2, d))
+            srv.averager.C, srv.averager.wsum = 2.5, 9.0
+            srv.downlink[:], srv.timing[:] = rng.standard_normal(d), rng.random(5)
+            c = srv.counters
+            c.applied, c.msg_count[:], c.last_pull[:] = 9, (0, 4, 5), (0, 7, 9)
+            c.staleness = np.array([3, 0, 6])
+            c.log[:] = [(8, np.array([1, 5])), (9, None), (10, np.zeros(0, np.int64))]
+        return srv
+
+    saved = state()
+    writer = CK.CheckpointWriter(str(tmp_path / "c"), 2)
+    path = writer.write({"round": 9, "workers": 0, "config": "{}", "elapsed": 1.0},
+                        saved.state_dict(), [], {})
+    loaded = state(fill=False)
+    loaded.load_state(CK.load(path)["server"])
+    a, b = saved.state_dict(), loaded.state_dict()
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert [(n, None if i is None else list(i)) for n, i in loaded.counters.log] == \
+        [(8, [1, 5]), (9, None), (10, [])]
+    with pytest.raises(ValueError, match="shape"):
+        state(d=8, fill=False).load_state(a)
 
 
 # ---------------------------------------------------------------------- no lost runs

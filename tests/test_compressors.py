@@ -26,10 +26,22 @@ class FakeWorker:
         self.worker = worker
         self.m = np.zeros(d)
         self.cand = np.zeros(d, np.int64)
-        self.ncand = -1
+        self.counters = np.array([0, 0, -1], np.int64)   # [bytes up, bytes down, ncand]
         self.pool = np.zeros(0, np.int64)  # no threshold pool: top-k scans
         self.rng_quant = stream_state(seed, worker, QUANTISE)
         self.msg = np.zeros(msg_bytes or 8 * d + 8, np.uint8)
+        unused = np.zeros(0, np.int64)
+        self.arrays = (self.m, unused, unused, unused.astype(np.uint64), self.rng_quant, unused,
+                       np.zeros(0, np.uint8), self.cand, self.msg, self.pool,
+                       np.zeros(0, np.uint8), np.zeros(2), self.counters, np.zeros(5))
+
+    @property
+    def ncand(self):
+        return int(self.counters[2])
+
+    @ncand.setter
+    def ncand(self, value):
+        self.counters[2] = value
 
 
 def compress(comp, v, ws=None, r=0):
@@ -289,3 +301,21 @@ def test_mpi_downlink_k_of_half_d_and_d(tiny, tmp_path, downlink_k):
     gap = run["metrics"]["subopt_xbar"]
     assert 0 < gap[-1] < gap[0] / 10
     assert abs(gap[-1] - exact.history[-1]["subopt_xbar"]) <= 1e-5 * gap[-1]
+
+
+def test_full_top_k_scan_with_block_skipping_equals_a_stable_sort():
+    """kernels.top_k_scan skips 64-coordinate blocks whose max |m_j| cannot beat the worst kept
+    entry; with many ties (integer values, zeros) and d across block boundaries its selection
+    must still equal the ranking |m| descending, index ascending (a skip before the heap is
+    full, or a block maximum that misses an entry, would break this)."""
+    from mpimem.kernels import top_k_scan
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        d = int(rng.integers(1, 400))
+        k = int(rng.integers(1, d + 1))
+        m = rng.integers(-3, 4, d).astype(float)
+        if rng.random() < 0.5:
+            m += rng.standard_normal(d) * (rng.random(d) < 0.1)
+        out, hkey, hidx = np.zeros(k, np.int64), np.zeros(k), np.zeros(k, np.int64)
+        assert top_k_scan(m, np.zeros(1, np.int64), -1, k, out, hkey, hidx) == k
+        assert np.array_equal(out, np.lexsort((np.arange(d), -np.abs(m)))[:k]), (d, k)

@@ -1,5 +1,6 @@
 """Signals and closed pipes (mpimem.signals, docs/checkpoints.md "Signals"): real signals to
-real ranks of a real mpiexec run (their pids from MPIMEM_PIDFILE_DIR), real pipes.
+real ranks of a real mpiexec run (their pids from MPIMEM_PIDFILE_DIR), real pipes. Every mode
+(sync, --mode async, --topology allgather) checkpoints and exits 75 on a signal.
 
 A phase of a run is reached deterministically with the MPIMEM_FAULT=sleep-at:PLACE:SECONDS
 hook: the test waits until the processes sleep there (/proc/PID/wchan), then signals them."""
@@ -10,8 +11,10 @@ import time
 
 import pytest
 
-from conftest import MPIEXEC, mpimem_cmd, run_mpi
-from test_faults import launch, wait_until
+import numpy as np
+
+from conftest import MPIEXEC, launch_mpi, mpimem_cmd, run_mpi
+from test_faults import wait_until
 from mpimem import checkpoint as CK
 from mpimem.runfile import read_run
 
@@ -19,15 +22,15 @@ OPTS = ["--compressor", "top_k", "--k", "10", "--seed", "5"]
 ROUNDS_1_EPOCH = 600        # rcv: n = 1200, W = 2, b = 1
 
 
-def start(args, tmp_path, env=None):
-    """mpiexec -n 3 mpimem train ARGS; every rank writes its pid to tmp_path/pids."""
+def start(args, tmp_path, env=None, nranks=3):
+    """mpiexec -n NRANKS mpimem train ARGS; every rank writes its pid to tmp_path/pids."""
     pids = tmp_path / "pids"
     pids.mkdir(exist_ok=True)
-    return launch(["train", *args], dict(env or {}, MPIMEM_PIDFILE_DIR=str(pids)))
+    return launch_mpi(nranks, ["train", *args], dict(env or {}, MPIMEM_PIDFILE_DIR=str(pids)))
 
 
-def rank_pids(tmp_path, proc):
-    files = [tmp_path / "pids" / f"rank{r}.pid" for r in range(3)]
+def rank_pids(tmp_path, proc, nranks=3):
+    files = [tmp_path / "pids" / f"rank{r}.pid" for r in range(nranks)]
     wait_until(proc, lambda: all(f.exists() and f.read_text().endswith("\n") for f in files),
                "every rank wrote its pid")
     return [int(f.read_text()) for f in files]
@@ -128,18 +131,79 @@ def test_signal_during_shutdown_lets_the_run_complete(rcv, tmp_path):
     assert read_run(out)["attrs"]["status"] == "complete"
 
 
-def test_signal_stops_a_run_without_checkpoints_at_once(rcv, tmp_path):
-    """--mode async has no sync points: SIGTERM (to mpiexec, which forwards it) stops the job
-    at once, exit 128 + 15, run file "failed". Old code: the signal was kept and never read,
-    the run went on to its end (and under SLURM to the kill at the time limit)."""
-    out = tmp_path / "run.h5"
-    proc = start([rcv, "--out", out, *OPTS, "--mode", "async", "--epochs", "40"], tmp_path)
-    wait_for_loop(proc)
-    proc.send_signal(signal.SIGTERM)
+SLOW = {"MPIMEM_SLOW_WORKER": "1:0.004"}   # rank 1 sleeps 4 ms a message/round: values unchanged
+
+
+def interrupt(nranks, args, tmp_path, env=SLOW, sig=signal.SIGTERM, rank=None):
+    """Start a run, signal it 0.3 s after its first progress line (mpiexec, which forwards the
+    signal to every rank, or only rank `rank`); it must exit 75, preempted, with a valid
+    checkpoint of the round it names. Returns (that round, stderr)."""
+    out = args[args.index("--out") + 1]
+    proc = start(args, tmp_path, env, nranks)
+    pids = rank_pids(tmp_path, proc, nranks) if rank is not None else None
+    if not any(line.startswith("epoch") for line in proc.stdout):  # the evaluation at round 0
+        pytest.fail(f"no progress line (exit {proc.wait()}): {proc.stderr.read()}")
+    time.sleep(0.3)
+    if rank is None:
+        proc.send_signal(sig)
+    else:
+        os.kill(pids[rank], sig)
     rc, err = finish(proc, time.monotonic())
-    assert rc == 128 + signal.SIGTERM, err
+    assert rc == CK.EX_TEMPFAIL, err
+    assert f"resume with: mpiexec -n {nranks} mpimem train --resume" in err
+    stopped = assert_preempted(out)
+    CK.load(CK.list_checkpoints(os.path.splitext(out)[0] + ".ckpt")[0])  # verifies the SHA-256
+    return stopped, err
+
+
+def same_run(resumed, reference):
+    """The resumed run file equals the uninterrupted one: final x, xbar, memories, metrics."""
+    a, b = read_run(reference), read_run(resumed)
+    assert b["attrs"]["status"] == "complete" and b["attrs"]["resumed"] == 1
+    for key in ("x", "xbar", "memory"):
+        assert np.array_equal(a["final"][key], b["final"][key]), key
+    for name in ("round", "samples", "bytes_up", "bytes_down", "loss_x", "loss_xbar"):
+        assert np.array_equal(a["metrics"][name], b["metrics"][name]), name
+
+
+DETERMINISTIC = [(2, ["--topology", "allgather"], 600), (2, ["--mode", "async"], 1200)]
+
+
+@pytest.mark.parametrize("nranks,mode,rounds", DETERMINISTIC, ids=["allgather-W2", "async-W1"])
+def test_signal_checkpoints_and_resume_equals_uninterrupted(rcv, tmp_path, nranks, mode, rounds):
+    """--topology allgather and --mode async at W = 1 (deterministic): the reference run writes
+    round-interval checkpoints (async: at quiescent points); SIGTERM to a run in the middle of a
+    segment stops it at the next boundary, before the next evaluation (async: time-bounded
+    segments of 0.25 s, not only evaluation points), exit 75; --resume then ends bit-identical
+    to the reference. Old code: these modes refused --checkpoint-every and --resume, and a
+    signal ended the job with exit 143 and the run file "failed"."""
+    opts = [rcv, *OPTS, *mode, "--epochs", "1", "--eval-every", "0.5"]
+    ref = tmp_path / "ref.h5"
+    run_mpi(nranks, ["train", *opts, "--out", ref, "--quiet", "--checkpoint-every", "150",
+                     "--keep-checkpoints", "50"], timeout=180, check=True)
+    kept = [CK._round_of(p) for p in CK.list_checkpoints(tmp_path / "ref.ckpt")]
+    assert sorted(kept) == list(range(150, rounds + 1, 150))
+    out = tmp_path / "run.h5"
+    stopped, _ = interrupt(nranks, [*opts, "--out", str(out)], tmp_path)
+    assert 0 < stopped < rounds // 2, stopped          # before the evaluation at epoch 0.5
+    run_mpi(nranks, ["train", "--resume", out, "--quiet"], timeout=180, check=True)
+    same_run(out, ref)
+
+
+def test_async_signal_to_one_worker_checkpoints_and_resume_completes(rcv, tmp_path):
+    """--mode async, W = 2 (not deterministic): SIGUSR1 to worker 2 alone; the server learns of
+    it at the next pause point's collective decision: exit 75, then --resume completes with
+    exactly the planned updates. Old code: exit 138 (SIGUSR1) after the 2 s grace, "failed"."""
+    out = tmp_path / "run.h5"
+    opts = [rcv, "--out", str(out), *OPTS, "--mode", "async", "--epochs", "10"]
+    interrupt(3, opts, tmp_path, sig=signal.SIGUSR1, rank=2)
+    run_mpi(3, ["train", "--resume", out, "--quiet"], timeout=180, check=True)
     run = read_run(out)
-    assert run["attrs"]["status"] == "failed" and "SIGTERM" in run["attrs"]["error"]
+    a = run["attrs"]
+    assert a["status"] == "complete" and a["resumed"] == 1
+    assert a["updates_applied"] == a["updates_planned"] == a["updates_sent"] == 2 * 6000
+    assert a["pull_checks"] >= 1 and a["pull_checks_failed"] == 0
+    assert list(run["metrics"]["round"]) == sorted(set(run["metrics"]["round"]))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,177 @@
+"""Compiled segments: many rounds of the MPI loops without returning to Python.
+
+A segment runs rounds r0 .. r1-1 of a topology entirely in compiled code, MPI included
+(mpimem.mpicall), over the step functions of mpimem.step. Python (mpimem.driver) runs set-up,
+evaluation points, checkpoints, signals and the NaN stop between segments. A segment ends at r1
+(the next event, planned identically on every rank) or earlier when rank 0 has spent `budget`
+seconds in it: rank 0 then marks the round's downlink header, every rank stops after that same
+round, and the signal flags are polled about every `budget` seconds (docs/checkpoints.md).
+
+Synchronous parameter server (mpimem.mpirun), per round r:
+  worker:  step 1-1.2 -> Send(u_w) to rank 0                      (bytes_up += |u_w|)
+           Bcast(header) -> Bcast(U) -> step 3 on its replica      (bytes_down += 8 + |U|)
+  server:  Recv u_1 .. u_W in worker order (length from MPI_Get_count), aggregate (step 2),
+           Bcast(header = |U|, or -(|U| + 1) to end the segment after this round), Bcast(U),
+           step 3 with the averager
+Timing columns (mpimem.engine.TIMING_COLUMNS) as before: the worker's gradient/compression
+(inside step.worker_step), communication = Send, waiting = the two Bcasts; the server's
+compression = aggregate + apply, waiting = the Recvs, communication = the Bcasts.
+
+`--topology allgather` (`mpiexec -n W`: no server, rank r is worker r+1 with shard r), per round:
+  every rank:  step 1-1.2 -> its message u_w (nbytes_w)
+               Allgather(nbytes_w)          (8 bytes per rank; ~nbytes_w, negative, from rank 0
+                                             ends the segment after this round; "waiting")
+               Allgatherv(u_w bytes)        (every rank receives every message, each at an
+                                             8-aligned offset; "communication")
+               U = aggregate(u_1..u_W)      (worker = rank order, as the server does)
+               x <- factor x - U            (rank 0 also keeps xbar)
+Every rank runs the very aggregation and float32 rounding of the sync server on the same
+messages in the same order, so every replica is bit-identical and the trajectory equals
+`mpimem.simulate.simulate` on the same W shards (tests/test_allgather.py). Bytes: up = the
+rank's own messages; down = the other ranks' messages plus their 8-byte sizes.
+
+Test hook: MPIMEM_SLOW_WORKER=RANK:SECONDS (mpimem.async_server.slow_worker_delay) makes a
+rank sleep before each exchange (allgather) or send (async).
+"""
+import numpy as np
+from numba import njit
+
+from . import step
+from .kernels import CACHE
+from .mpicall import allgather, allgatherv, bcast, now, recv, received_bytes, send, sleep
+
+TAG_UP = 11
+
+
+@njit(cache=CACHE)
+def _header(n, stop):
+    """The downlink header: the payload length, negative (-(n + 1)) when the segment ends."""
+    return -(n + 1) if stop else n
+
+
+@njit(cache=CACHE)
+def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, hdr, timing, r0, r1,
+                   budget):
+    """Rank 0 of the sync server for rounds r0 .. r1-1; returns the next round to run."""
+    workers = np.int64(P[step.P_WORKERS])
+    out = agg[4]
+    cap = inbox.shape[1]
+    started = now(mpi)
+    header = hdr.view(np.uint8)
+    for r in range(r0, r1):
+        t0 = now(mpi)
+        for w in range(1, workers + 1):
+            recv(mpi, inbox[w - 1], cap, w, TAG_UP)
+            sizes[w - 1] = received_bytes(mpi)
+        t1 = now(mpi)
+        for w in range(1, workers + 1):
+            step.agg_add(P, agg, cs, inbox[w - 1], sizes[w - 1], w, r)
+        n = step.agg_finish(agg, np.float64(workers))
+        t2 = now(mpi)
+        stop = r + 1 < r1 and t2 - started >= budget
+        hdr[0] = _header(n, stop)
+        bcast(mpi, header, 8, 0)
+        bcast(mpi, out, n, 0)
+        t3 = now(mpi)
+        step.server_apply(P, z, scale, out, n, avg, track, r)
+        timing[step.T_COMPRESSION] += (t2 - t1) + (now(mpi) - t3)
+        timing[step.T_WAITING] += t1 - t0
+        timing[step.T_COMMUNICATION] += t3 - t2
+        if stop:
+            return r + 1
+    return r1
+
+
+@njit(cache=CACHE)
+def worker_segment(P, mpi, shard, ws, cs, z, scale, down, hdr, noavg, worker, r0, r1):
+    """Worker `worker` of the sync server for rounds r0 .. r1-1; returns the next round."""
+    msg, counters, timing = ws[8], ws[12], ws[13]
+    header = hdr.view(np.uint8)
+    for r in range(r0, r1):
+        eta = step.eta_of(P, r * P[step.P_B])
+        nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, mpi)
+        t0 = now(mpi)
+        send(mpi, msg, nbytes, 0, TAG_UP)
+        t1 = now(mpi)
+        bcast(mpi, header, 8, 0)
+        n = hdr[0]
+        stop = n < 0
+        if stop:
+            n = -n - 1
+        bcast(mpi, down, n, 0)
+        t2 = now(mpi)
+        counters[step.C_DOWN] += 8 + n
+        step.apply_payload(z, scale, step.factor_of(P, eta), down, n, noavg, False)
+        timing[step.T_COMPRESSION] += now(mpi) - t2
+        timing[step.T_COMMUNICATION] += t1 - t0
+        timing[step.T_WAITING] += t2 - t1
+        if stop:
+            return r + 1
+    return r1
+
+
+@njit(cache=CACHE)
+def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, size, sizes, recv,
+                      counts, displs, worker, r0, r1, budget, delay):
+    """Every rank of `--topology allgather` for rounds r0 .. r1-1 (module docstring); delay:
+    seconds to sleep before each exchange (the MPIMEM_SLOW_WORKER test hook)."""
+    workers = np.int64(P[step.P_WORKERS])
+    msg, counters, timing = ws[8], ws[12], ws[13]
+    out = agg[4]
+    started = now(mpi)
+    for r in range(r0, r1):
+        eta = step.eta_of(P, r * P[step.P_B])
+        nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, mpi)
+        sleep(mpi, delay)
+        t0 = now(mpi)
+        ask = worker == 1 and r + 1 < r1 and t0 - started >= budget
+        size[0] = ~nbytes if ask else nbytes
+        allgather(mpi, size.view(np.uint8), 8, sizes.view(np.uint8))
+        t1 = now(mpi)
+        stop = False
+        received = 0
+        offset = 0
+        for w in range(workers):
+            n = sizes[w]
+            if n < 0:
+                stop = True
+                n = ~n
+            counts[w] = n
+            displs[w] = offset
+            offset += (n + 7) // 8 * 8
+            received += n
+        allgatherv(mpi, msg, nbytes, recv, counts, displs)
+        t2 = now(mpi)
+        for w in range(workers):
+            lo = np.int64(displs[w])
+            step.agg_add(P, agg, cs, recv[lo: lo + counts[w]], np.int64(counts[w]), w + 1, r)
+        n = step.agg_finish(agg, np.float64(workers))
+        step.server_apply(P, z, scale, out, n, avg, track, r)
+        counters[step.C_DOWN] += received - nbytes + 8 * (workers - 1)
+        timing[step.T_COMPRESSION] += now(mpi) - t2
+        timing[step.T_COMMUNICATION] += t2 - t1
+        timing[step.T_WAITING] += t1 - t0
+        if stop:
+            return r + 1
+    return r1
+
+
+@njit(cache=CACHE)
+def local_segment(P, clk, shard, ws, cs, agg, z, scale, avg, track, worker, r0, r1, server_time):
+    """One worker and the server in one process, no MPI, rounds r0 .. r1-1: the same steps
+    as the sync server's round (the downlink is applied once, on the server's replica, which
+    the worker shares). For the benchmarks and the cost model (analysis/costmodel.py): the
+    worker's timing columns give c, server_time[0] accumulates the aggregate + apply seconds
+    (c_a per message)."""
+    msg, counters = ws[8], ws[12]
+    out = agg[4]
+    for r in range(r0, r1):
+        eta = step.eta_of(P, r * P[step.P_B])
+        nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, clk)
+        t0 = now(clk)
+        step.agg_add(P, agg, cs, msg, nbytes, worker, r)
+        n = step.agg_finish(agg, 1.0)
+        step.server_apply(P, z, scale, out, n, avg, track, r)
+        counters[step.C_DOWN] += 8 + n
+        server_time[0] += now(clk) - t0
+    return r1
