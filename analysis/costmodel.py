@@ -1,8 +1,9 @@
 """Alpha-beta cost model of the three designs, fitted on the machine at hand.
 
 Parameters (all measured here, `python -m analysis.costmodel measure`):
-  alpha  latency of one MPI message (s)           } fitted to an MPI ping-pong (mpiexec -n 2):
-  B      bandwidth (bytes/s)                       } t(m) = alpha + m / B, least squares on medians
+  alpha  latency of one MPI message (s)           } fitted to an MPI ping-pong (mpiexec -n 2,
+  B      bandwidth (bytes/s)                       } from a compiled loop as in mpimem.segments):
+                                                     t(m) = alpha + m / B, least squares on medians
   c      worker compute per sample (s): gradient + compression (mpimem.step.worker_step)
   c_a    cost of aggregating + applying one message (s): step.agg_add + agg_finish + apply,
          both timed inside the compiled in-process loop (mpimem.segments.local_segment)
@@ -11,8 +12,8 @@ Per design, W workers, mini-batch b, uplink message m bytes (top-k 8k, rand-k 4k
 k_eff entries per message (k, or d dense):
 
   sync server (ranks W+1): the server receives the W messages one after the other, sums them
-      and broadcasts the union (a binomial tree, log2(W+1) hops):
-      T_sync = c b + W (alpha + m/B) + W c_a + ceil(log2(W+1)) (alpha + m_down/B),
+      and broadcasts an 8-byte header and the union (two binomial trees, log2(W+1) hops each):
+      T_sync = c b + W (alpha + m/B) + W c_a + ceil(log2(W+1)) (2 alpha + m_down/B),
       m_down = min(8 min(W k_eff, d), 4 d)
   async server (ranks W+1): each worker cycles c b + 2 alpha + (m + m_reply)/B; the server
       serves one message in S = 2 alpha + (m + m_reply)/B + c_a, m_reply the changes of the
@@ -35,9 +36,11 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
+from numba import njit
+
+from mpimem import mpicall as mc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGNS = ("sync", "async", "allgather")
@@ -45,31 +48,39 @@ SIZES = (8, 64, 512, 4096, 16384, 65536)  # the range of our messages (dense d=2
 
 
 # ------------------------------------------------------------------------------ measurement
+@njit(cache=True)
+def _pingpong_loop(mpi, buf, size, n, rank, out):
+    """Compiled: n round trips of `size` bytes between ranks 0 and 1 (mpimem.mpicall, as the
+    compiled loops call MPI); out[i] = half the i-th round trip (s)."""
+    for i in range(n):
+        t0 = mc.now(mpi)
+        if rank == 0:
+            mc.send(mpi, buf, size, 1, 1)
+            mc.recv(mpi, buf, size, 1, 2)
+        else:
+            mc.recv(mpi, buf, size, 0, 1)
+            mc.send(mpi, buf, size, 0, 2)
+        out[i] = (mc.now(mpi) - t0) / 2
+
+
 def pingpong(sizes=SIZES, reps=200):
-    """Run under mpiexec -n 2: median one-way time per size (half the round trip), rank 0."""
+    """Run under mpiexec -n 2: median one-way time per size (half the round trip), rank 0,
+    from a compiled loop calling MPI as the training loops do (mpimem.segments)."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     if comm.Get_size() != 2:
         raise SystemExit(f"costmodel pingpong: needs exactly 2 ranks, got {comm.Get_size()}")
+    mpi = mc.table()
     out = {}
     for size in sizes:
         buf = np.zeros(max(1, size), np.uint8)
         n = max(5, reps if size <= 65536 else reps // 10)
-        times = []
-        for i in range(n + 2):
-            comm.Barrier()
-            t0 = time.perf_counter()
-            if rank == 0:
-                comm.Send([buf, size, MPI.BYTE], dest=1, tag=1)
-                comm.Recv([buf, size, MPI.BYTE], source=1, tag=2)
-            else:
-                comm.Recv([buf, size, MPI.BYTE], source=0, tag=1)
-                comm.Send([buf, size, MPI.BYTE], dest=0, tag=2)
-            if i >= 2:
-                times.append((time.perf_counter() - t0) / 2)
-        out[size] = float(np.median(times))
+        times = np.zeros(n + 2)
+        comm.Barrier()
+        _pingpong_loop(mpi, buf, size, n + 2, rank, times)
+        out[size] = float(np.median(times[2:]))
     return out if rank == 0 else None
 
 
@@ -116,7 +127,7 @@ def measure_compute(d=400, n=2000, k=10, reps=3, seed=0):
                       n, d, 1)
         comp = make_compressor(name, d, cfg.k, None, True, 0)
         rule = RoundRule(cfg, d, 1, comp)
-        ws = WorkerState(1, shard, d, 1, 0, comp, rule.uses_pool(shard))
+        ws = WorkerState(1, shard, d, 1, 0, comp, rule.uses_index(shard))
         rep, agg = Replica(d), rule.make_aggregator()
         rule.run_local(ws, shard, rep, agg, None, 0, 200)   # warm-up
         best_c = best_a = float("inf")
@@ -149,7 +160,7 @@ def predict(params, design, W, compressor, d, k, b=1, cores=None):
     if design == "sync":
         m_down = min(8 * min(W * keff, d), 4 * d)
         T = (cb + W * (alpha + m / B) + W * c_a * slow
-             + math.ceil(math.log2(W + 1)) * (alpha + m_down / B))
+             + math.ceil(math.log2(W + 1)) * (2 * alpha + m_down / B))
         rate = W * b / T
     elif design == "async":
         m_reply = min(12 * (W - 1) * keff, 8 * d)
@@ -169,7 +180,7 @@ def validate(params, measured, cores):
     rows = []
     for run in measured:
         p = predict(params, run["design"], run["W"], run["compressor"], params["d"], params["k"],
-                    cores=cores)
+                    b=run.get("b", 1), cores=cores)
         rows.append(dict(run, predicted=p["samples_per_s"],
                          rel_error=p["samples_per_s"] / run["samples_per_s"] - 1.0))
     return rows

@@ -70,7 +70,7 @@ def worker_micro(data, shard, opts, rounds):
     cfg = resolved(data, meta, opts)
     comp = make_compressor(cfg.compressor, meta.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
     rule = RoundRule(cfg, meta.d, 1, comp)
-    ws = WorkerState(1, shard, meta.d, cfg.batch_size, cfg.seed, comp, rule.uses_pool(shard))
+    ws = WorkerState(1, shard, meta.d, cfg.batch_size, cfg.seed, comp, rule.uses_index(shard))
     replica, averager, agg = Replica(meta.d), make_averager(cfg, meta.d), rule.make_aggregator()
     rule.run_local(ws, shard, replica, agg, averager, 0, 200)   # warm-up
     ws.timing[:] = 0

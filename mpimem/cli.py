@@ -20,7 +20,7 @@ import sys
 
 from . import __version__
 from .errors import MpimemError, abort_world, fault_point, launcher_rank, mpi_world, report
-from .signals import EX_INTERRUPTED, SignalStop, install, pipe_closed, survive_closed_pipes
+from .signals import EX_INTERRUPTED, install, pipe_closed, survive_closed_pipes
 
 EX_PIPE = 128 + signal.SIGPIPE
 
@@ -64,8 +64,6 @@ def main(argv=None) -> int:
         status = run_command(argv)
     except KeyboardInterrupt:
         status = stopped("interrupted", EX_INTERRUPTED)
-    except SignalStop as stop:
-        status = stopped(str(stop), stop.status)
     if pipe_closed() and not training:
         return EX_PIPE
     return status
@@ -93,7 +91,7 @@ def run_command(argv) -> int:
 
 
 def stopped(message: str, status: int) -> int:
-    """A command stopped by the user (Ctrl-C) or by a signal it cannot checkpoint for: one line;
+    """A command stopped by the user (a second Ctrl-C, or Ctrl-C outside a run): one line;
     in an MPI world the whole job is aborted so no rank waits for this one."""
     comm = mpi_world()
     if comm is not None:

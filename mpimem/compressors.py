@@ -75,7 +75,9 @@ class Aggregator:
     def __init__(self, d: int, workers: int, max_entries: int, downlink_k: int = None):
         self.d, self.workers = d, workers
         self.acc = np.zeros(d)
-        self.out = np.zeros(4 * d, np.uint8)
+        # the downlink message: an 8-byte header (mpimem.segments) then the payload, `out`
+        self.message = np.zeros(8 + 4 * d, np.uint8)
+        self.out = self.message[8:]
         K = downlink_k or 0
         self.memory = np.zeros(d) if downlink_k else None  # server state: checkpointed
         self.arrays = (self.acc, np.zeros(d, np.uint8),
@@ -113,8 +115,6 @@ class Compressor:
         self.d = d
         self.sel = np.zeros(1, np.int64)
         self.hkey, self.hidx = np.zeros(1), np.zeros(1, np.int64)
-        self.wsel, self.wkey, self.widx = np.zeros(1, np.int64), np.zeros(1), np.zeros(1, np.int64)
-        self.pool_k = 0
         self.floyd_mark = np.zeros(0, np.uint8)
         self.bases = np.zeros((1, 4), np.uint64)
 
@@ -127,15 +127,13 @@ class Compressor:
         P[step.P_D] = self.d
         P[step.P_K] = self.k
         P[step.P_LEVELS], P[step.P_BITS], P[step.P_DIVISOR] = self.levels, self.bits, self.divisor
-        P[step.P_POOL_K] = self.pool_k
         P[step.P_MSG_BYTES] = self.max_message_bytes()
         P[step.P_MEMORY] = 1.0
         return P
 
     def scratch(self, workers: int = 1) -> tuple:
         """The scratch tuple `cs` of mpimem.step (rand-k stream bases for workers 1..workers)."""
-        return (self.sel, self.hkey, self.hidx, self.wsel, self.wkey, self.widx, self.floyd_mark,
-                self.bases)
+        return self.sel, self.hkey, self.hidx, self.floyd_mark, self.bases
 
     def compress(self, ws, r: int) -> int:
         """u = comp(v) for worker state ws in round r into ws.msg; m := v - u; bytes written."""
@@ -174,11 +172,6 @@ class TopK(Compressor):
         self.hkey = np.zeros(k)
         self.hidx = np.zeros(k, np.int64)
         self.sel = np.zeros(k, np.int64)
-        # threshold pool (sparse data): rebuild scans keep the top sqrt(d k) (kernels.pool_top_k)
-        self.pool_k = min(d, max(2 * k, int(math.sqrt(d * k))))
-        self.wkey = np.zeros(self.pool_k)
-        self.widx = np.zeros(self.pool_k, np.int64)
-        self.wsel = np.zeros(self.pool_k, np.int64)
 
     def max_message_bytes(self):
         return 8 * self.k

@@ -20,8 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import kernels as K
-from . import step
-from .compressors import Aggregator, TopK
+from . import step, topk_index
+from .compressors import Aggregator, TopK, sparse_or_dense_nbytes
 from .model import Averager, Replica, averager_arrays
 from .mpicall import table
 from .segments import local_segment
@@ -67,9 +67,8 @@ class WorkerState:
         "worker",
         # algorithm state (Algorithm 1): error memory, sampler, random streams
         "m", "perm", "cursor", "rng_sample", "rng_quant",
-        # derived from m, reset on load: the threshold pool of top-k on sparse data
-        # (kernels.pool_top_k: pool members, membership flags, [pool size, threshold])
-        "pool", "inpool", "pool_state",
+        # derived from m, reset on load: the index of top-k on sparse data (mpimem.topk_index)
+        "topk",
         # scratch
         "rows", "mark", "cand", "msg",
         # statistics: counters = [bytes_up, bytes_down, ncand (candidates of the last round)]
@@ -78,7 +77,7 @@ class WorkerState:
         "arrays",
     )
 
-    def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_pool):
+    def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_index):
         self.worker = worker
         self.m = np.zeros(d)
         self.perm = np.arange(shard.n, dtype=np.int64)
@@ -92,12 +91,9 @@ class WorkerState:
         self.msg = np.zeros(max(8, compressor.max_message_bytes()), np.uint8)
         self.counters = np.array([0, 0, -1], np.int64)
         self.timing = np.zeros(len(TIMING_COLUMNS))
-        self.pool = np.zeros(d if use_pool else 0, np.int64)
-        self.inpool = np.zeros(d if use_pool else 0, np.uint8)
-        self.pool_state = np.zeros(2)
+        self.topk = topk_index.new_state(d, compressor.k) if use_index else topk_index.new_state(0, 1)
         self.arrays = (self.m, self.perm, self.cursor, self.rng_sample, self.rng_quant, self.rows,
-                       self.mark, self.cand, self.msg, self.pool, self.inpool, self.pool_state,
-                       self.counters, self.timing)
+                       self.mark, self.cand, self.msg, self.topk, self.counters, self.timing)
 
     bytes_up = property(lambda self: int(self.counters[step.C_UP]),
                         lambda self, v: self.counters.__setitem__(step.C_UP, v))
@@ -123,8 +119,7 @@ class WorkerState:
             current[...] = value
         self.bytes_up, self.bytes_down = int(state["bytes_up"]), int(state["bytes_down"])
         self.counters[step.C_NCAND] = -1
-        self.inpool[:] = 0
-        self.pool_state[:] = (0.0, -1.0)  # no valid pool: the next round rebuilds it (full scan)
+        topk_index.reset(self.topk[-1])   # the next round rebuilds the index from m
 
 
 class RoundRule:
@@ -153,8 +148,9 @@ class RoundRule:
         self.cs = compressor.scratch(workers)
         self.clock = table(mpi=False)
 
-    def uses_pool(self, shard: ShardData) -> bool:
-        """Threshold pool for top-k when a round's memory changes touch only nnz coordinates."""
+    def uses_index(self, shard: ShardData) -> bool:
+        """The incremental top-k index (mpimem.topk_index) when a round changes only the rows'
+        nonzeros and the last selection of the memory: CSR rows, memory, server-side L2."""
         return (isinstance(self.comp, TopK) and not shard.dense and self.memory
                 and self.l2_on_server)
 
@@ -164,6 +160,24 @@ class RoundRule:
     def factor(self, r):
         """The scale of x in step 3: 1 - b eta_t lam (server-side L2) or 1 (paper-exact)."""
         return step.factor_of(self.P, self.eta(r))
+
+    def fixed_downlink_bytes(self, dense_data: bool) -> int:
+        """The downlink payload's size when it is the same every round, else -1. Then the sync
+        server broadcasts header and payload as one message (mpimem.segments). Fixed: the
+        --downlink-k vector (K entries), a dense downlink (quantisers, sign; plain SGD whose
+        uplink is dense because every coordinate changes), and one worker's top-k or rand-k
+        message of exactly k entries (top-k sends fewer only without memory on CSR rows with
+        server-side L2, where it scans the touched coordinates alone)."""
+        d, name = self.d, self.comp.name
+        every_coordinate = dense_data or not self.l2_on_server
+        if self.cfg.downlink_k:
+            return sparse_or_dense_nbytes(self.cfg.downlink_k, d)
+        if name in ("qsgd", "ternary", "sign") or (name == "none" and every_coordinate):
+            return 4 * d
+        if self.workers == 1 and (name == "rand_k" or (
+                name == "top_k" and (every_coordinate or self.memory))):
+            return sparse_or_dense_nbytes(self.comp.k, d)
+        return -1
 
     def make_aggregator(self):
         per_message = self.comp.max_message_bytes() // 4
@@ -179,7 +193,7 @@ class RoundRule:
         else:
             X = sp.csr_matrix((np.ones(b, dtype), np.arange(b) % d, np.arange(b + 1)), shape=(b, d))
         shard = ShardData(X, np.ones(b))
-        ws = WorkerState(1, shard, d, b, 0, self.comp, self.uses_pool(shard))
+        ws = WorkerState(1, shard, d, b, 0, self.comp, self.uses_index(shard))
         replica, averager = Replica(d), Averager(d)
         nbytes = self.worker_step(ws, shard, replica, 0)
         self.apply(replica, self.aggregate(self.make_aggregator(), [ws.msg[:nbytes]], 0), 0, averager)

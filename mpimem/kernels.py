@@ -2,7 +2,8 @@
 
 Equation references are to docs/spec.md. Ordering rule for top-k everywhere: coordinate i ranks
 above j when |v_i| > |v_j|, or |v_i| == |v_j| and i < j; selections are emitted in that order, so
-the threshold pool and the full scan produce the same message byte for byte.
+the incremental index (mpimem.topk_index) and the full scan produce the same message byte for
+byte.
 """
 import math
 
@@ -193,68 +194,6 @@ def _min_heap_replace_root(hkey, hidx, n, a, j):
     if n > 0:
         hkey[p] = a
         hidx[p] = j
-
-
-# ---------------------------------------------------------------- top-k: threshold pool (sparse data)
-@njit(cache=CACHE)
-def _pool_keep_above(m, pool, npool, inpool, theta):
-    """Drop pool members with |m_j| <= theta; returns the new pool size."""
-    kept = 0
-    for t in range(npool):
-        j = pool[t]
-        if abs(m[j]) > theta:
-            pool[kept] = j
-            kept += 1
-        else:
-            inpool[j] = 0
-    return kept
-
-
-@njit(cache=CACHE)
-def pool_top_k(m, touched, ntouched, pool, inpool, state, k, ck, out_idx, hkey, hidx,
-               wsel, wkey, widx):
-    """Exact top-k of |m| when only `touched` coordinates (and the last selection) changed.
-
-    Invariant: the pool holds every j with |m_j| > theta (state = [pool size, theta]; theta < 0
-    marks a pool that must be rebuilt, e.g. after m was loaded from a checkpoint). Then
-    if at least k members exceed theta, the k largest overall are all in the pool, ties
-    included, and top-k over the pool equals top-k over all d coordinates: O(nnz + pool) a
-    round instead of O(d). Coordinates only rise above theta when touched, so they are
-    checked; when fewer than k members remain, theta is lowered by a full scan (top ck of all
-    d, O(d log ck)); when the pool outgrows 4 ck, theta is raised to its ck-th largest value.
-    """
-    npool = np.int64(state[0])
-    theta = state[1]
-    valid = theta >= 0.0
-    if valid:
-        for t in range(ntouched):
-            j = touched[t]
-            if inpool[j] == 0 and abs(m[j]) > theta:
-                inpool[j] = 1
-                pool[npool] = j
-                npool += 1
-        npool = _pool_keep_above(m, pool, npool, inpool, theta)
-        if npool > 4 * ck:
-            top_k_scan(m, pool, npool, ck, wsel, wkey, widx)
-            theta = abs(m[wsel[ck - 1]])
-            npool = _pool_keep_above(m, pool, npool, inpool, theta)
-    if npool < k or not valid:
-        for t in range(npool):
-            inpool[pool[t]] = 0
-        c = top_k_scan(m, pool, -1, ck, wsel, wkey, widx)
-        theta = abs(m[wsel[c - 1]])
-        npool = 0
-        for t in range(c):
-            j = wsel[t]
-            if abs(m[j]) > theta:
-                inpool[j] = 1
-                pool[npool] = j
-                npool += 1
-    state[0] = npool
-    state[1] = theta
-    if npool < k:  # not k coordinates above any threshold: the full scan decides
-        return top_k_scan(m, pool, -1, k, out_idx, hkey, hidx)
-    return top_k_scan(m, pool, npool, k, out_idx, hkey, hidx)
 
 
 # ---------------------------------------------------------------- sparse messages

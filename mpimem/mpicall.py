@@ -168,3 +168,22 @@ def received_bytes(mpi):
     """MPI_Get_count(status of the last recv, MPI_BYTE): the length of the message received."""
     _call3(mpi[GET_COUNT], status_ptr(mpi), mpi[BYTE], mpi[TIMESPEC:].ctypes.data)
     return np.int64(mpi[TIMESPEC:TIMESPEC + 1].view(np.int32)[0])
+
+
+@njit(cache=CACHE)
+def irecv(mpi, buf, nbytes, source, tag, request):
+    """MPI_Irecv of at most nbytes into the uint8 array buf; the request handle is written at
+    the start of the uint8 array `request` (MPI._sizeof(MPI.Request) bytes: an int in MPICH,
+    a pointer in Open MPI)."""
+    return _call7(mpi[IRECV], buf.ctypes.data, np.int64(nbytes), mpi[BYTE], np.int64(source),
+                  np.int64(tag), mpi[COMM], request.ctypes.data)
+
+
+@njit(cache=CACHE)
+def waitany(mpi, count, requests):
+    """MPI_Waitany over the `count` request handles packed in the uint8 array `requests`: the
+    index of the request that completed (MPI sets its handle to MPI_REQUEST_NULL); its status
+    is the one received_bytes reads."""
+    _call4(mpi[WAITANY], np.int64(count), requests.ctypes.data, mpi[TIMESPEC:].ctypes.data,
+           status_ptr(mpi))
+    return np.int64(mpi[TIMESPEC:TIMESPEC + 1].view(np.int32)[0])

@@ -90,7 +90,8 @@ class Run:
         self.evals = eval_rounds(self.cfg, self.n, self.workers, self.rounds)
         self.replica = Replica(self.d)
         self.timing = np.zeros(len(TIMING_COLUMNS))
-        self.down = np.zeros(4 * self.d, np.uint8)
+        self.down = np.zeros(8 + 4 * self.d, np.uint8)   # a worker's downlink message
+        self.fixed = self.rule.fixed_downlink_bytes(self.meta.storage == "dense")
         self.hdr = np.zeros(1, np.int64)
         self.mpi = table()
         self.ck, self.start_round, self.elapsed0 = None, 0, 0.0  # set by train() (checkpoints)
@@ -115,7 +116,7 @@ class Run:
             shard = read_shard(cfg.data, self.worker_id - 1, self.workers)
             self.shard = ShardData(shard.X, shard.y)
             self.ws = WorkerState(self.worker_id, self.shard, self.d, self.cfg.batch_size,
-                                  self.cfg.seed, self.comp, self.rule.uses_pool(self.shard))
+                                  self.cfg.seed, self.comp, self.rule.uses_index(self.shard))
         if self.cfg.mode == "sync":
             self.segment(0, 0)   # loads the compiled segment (no round, no message)
 
@@ -133,10 +134,11 @@ class Run:
             return server_segment(self.rule.P, self.mpi, self.agg.arrays, self.rule.cs,
                                   self.inbox, self.sizes, self.replica.z, self.replica.scale,
                                   averager_arrays(self.averager), self.averager is not None,
-                                  self.hdr, self.timing, r0, r1, SEGMENT_SECONDS)
+                                  self.agg.message, self.fixed, self.hdr, self.timing, r0, r1,
+                                  SEGMENT_SECONDS)
         return worker_segment(self.rule.P, self.mpi, self.shard.arrays, self.ws.arrays,
                               self.rule.cs, self.replica.z, self.replica.scale, self.down,
-                              self.hdr, NO_AVERAGER, self.worker_id, r0, r1)
+                              self.fixed, self.hdr, NO_AVERAGER, self.worker_id, r0, r1)
 
     def next_event(self, r):
         """The first round after r at which Python must act: an evaluation point, a checkpoint

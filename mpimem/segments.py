@@ -12,7 +12,8 @@ Synchronous parameter server (mpimem.mpirun), per round r:
            Bcast(header) -> Bcast(U) -> step 3 on its replica      (bytes_down += 8 + |U|)
   server:  Recv u_1 .. u_W in worker order (length from MPI_Get_count), aggregate (step 2),
            Bcast(header = |U|, or -(|U| + 1) to end the segment after this round), Bcast(U),
-           step 3 with the averager
+           step 3 with the averager. When U has the same size every round
+           (RoundRule.fixed_downlink_bytes) header and U travel as one Bcast.
 Timing columns (mpimem.engine.TIMING_COLUMNS) as before: the worker's gradient/compression
 (inside step.worker_step), communication = Send, waiting = the two Bcasts; the server's
 compression = aggregate + apply, waiting = the Recvs, communication = the Bcasts.
@@ -50,14 +51,46 @@ def _header(n, stop):
 
 
 @njit(cache=CACHE)
-def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, hdr, timing, r0, r1,
-                   budget):
-    """Rank 0 of the sync server for rounds r0 .. r1-1; returns the next round to run."""
+def _send_downlink(mpi, message, n, fixed, stop, hdr):
+    """Rank 0: Bcast the header and the payload message[8:8 + n]: one message when every
+    round's payload has the same size `fixed`, else the header first (the length)."""
+    head = _header(n, stop)
+    if fixed >= 0:
+        if n != fixed:
+            raise RuntimeError("mpimem: internal error: a fixed-size downlink changed its size")
+        message[:8].view(np.int64)[0] = head
+        bcast(mpi, message, 8 + n, 0)
+    else:
+        hdr[0] = head
+        bcast(mpi, hdr.view(np.uint8), 8, 0)
+        bcast(mpi, message[8:], n, 0)
+
+
+@njit(cache=CACHE)
+def _receive_downlink(mpi, message, fixed, hdr):
+    """A worker's side of _send_downlink: (payload length, whether the segment ends)."""
+    if fixed >= 0:
+        bcast(mpi, message, 8 + fixed, 0)
+        head = message[:8].view(np.int64)[0]
+    else:
+        bcast(mpi, hdr.view(np.uint8), 8, 0)
+        head = hdr[0]
+    stop = head < 0
+    n = -head - 1 if stop else head
+    if fixed < 0:
+        bcast(mpi, message[8:], n, 0)
+    return n, stop
+
+
+@njit(cache=CACHE)
+def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, message, fixed, hdr,
+                   timing, r0, r1, budget):
+    """Rank 0 of the sync server for rounds r0 .. r1-1; returns the next round to run.
+    message: the aggregator's downlink buffer (8-byte header, then agg's out)."""
     workers = np.int64(P[step.P_WORKERS])
     out = agg[4]
     cap = inbox.shape[1]
     started = now(mpi)
-    header = hdr.view(np.uint8)
     for r in range(r0, r1):
         t0 = now(mpi)
         for w in range(1, workers + 1):
@@ -69,9 +102,7 @@ def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, hdr, tim
         n = step.agg_finish(agg, np.float64(workers))
         t2 = now(mpi)
         stop = r + 1 < r1 and t2 - started >= budget
-        hdr[0] = _header(n, stop)
-        bcast(mpi, header, 8, 0)
-        bcast(mpi, out, n, 0)
+        _send_downlink(mpi, message, n, fixed, stop, hdr)
         t3 = now(mpi)
         step.server_apply(P, z, scale, out, n, avg, track, r)
         timing[step.T_COMPRESSION] += (t2 - t1) + (now(mpi) - t3)
@@ -83,25 +114,21 @@ def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, hdr, tim
 
 
 @njit(cache=CACHE)
-def worker_segment(P, mpi, shard, ws, cs, z, scale, down, hdr, noavg, worker, r0, r1):
-    """Worker `worker` of the sync server for rounds r0 .. r1-1; returns the next round."""
-    msg, counters, timing = ws[8], ws[12], ws[13]
-    header = hdr.view(np.uint8)
+def worker_segment(P, mpi, shard, ws, cs, z, scale, message, fixed, hdr, noavg, worker, r0, r1):
+    """Worker `worker` of the sync server for rounds r0 .. r1-1; returns the next round.
+    message: 8 + 4 d bytes for the downlink (header, payload)."""
+    msg, counters, timing = ws[step.W_MSG], ws[step.W_COUNTERS], ws[step.W_TIMING]
+    payload = message[8:]
     for r in range(r0, r1):
         eta = step.eta_of(P, r * P[step.P_B])
         nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, mpi)
         t0 = now(mpi)
         send(mpi, msg, nbytes, 0, TAG_UP)
         t1 = now(mpi)
-        bcast(mpi, header, 8, 0)
-        n = hdr[0]
-        stop = n < 0
-        if stop:
-            n = -n - 1
-        bcast(mpi, down, n, 0)
+        n, stop = _receive_downlink(mpi, message, fixed, hdr)
         t2 = now(mpi)
         counters[step.C_DOWN] += 8 + n
-        step.apply_payload(z, scale, step.factor_of(P, eta), down, n, noavg, False)
+        step.apply_payload(z, scale, step.factor_of(P, eta), payload, n, noavg, False)
         timing[step.T_COMPRESSION] += now(mpi) - t2
         timing[step.T_COMMUNICATION] += t1 - t0
         timing[step.T_WAITING] += t2 - t1
@@ -116,7 +143,7 @@ def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, size, si
     """Every rank of `--topology allgather` for rounds r0 .. r1-1 (module docstring); delay:
     seconds to sleep before each exchange (the MPIMEM_SLOW_WORKER test hook)."""
     workers = np.int64(P[step.P_WORKERS])
-    msg, counters, timing = ws[8], ws[12], ws[13]
+    msg, counters, timing = ws[step.W_MSG], ws[step.W_COUNTERS], ws[step.W_TIMING]
     out = agg[4]
     started = now(mpi)
     for r in range(r0, r1):
@@ -163,7 +190,7 @@ def local_segment(P, clk, shard, ws, cs, agg, z, scale, avg, track, worker, r0, 
     the worker shares). For the benchmarks and the cost model (analysis/costmodel.py): the
     worker's timing columns give c, server_time[0] accumulates the aggregate + apply seconds
     (c_a per message)."""
-    msg, counters = ws[8], ws[12]
+    msg, counters = ws[step.W_MSG], ws[step.W_COUNTERS]
     out = agg[4]
     for r in range(r0, r1):
         eta = step.eta_of(P, r * P[step.P_B])

@@ -42,16 +42,6 @@ class Signals:
         install()
 
 
-class SignalStop(BaseException):
-    """A run stopped by a signal without a checkpoint (no mode raises it since every mode
-    checkpoints; mpimem.cli still handles it: it aborts the world with `status`)."""
-
-    def __init__(self, signum):
-        super().__init__(f"stopped by {signal.Signals(signum).name} (this mode writes no "
-                         f"checkpoints: the run cannot be resumed)")
-        self.status = 128 + signum
-
-
 def _handler(signum, frame):
     if signum == signal.SIGINT and Signals.caught == signal.SIGINT:
         raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the next sync point

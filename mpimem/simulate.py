@@ -32,7 +32,7 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
     n = sum(s.n for s in data)
     comp = make_compressor(cfg.compressor, d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
     rule = RoundRule(cfg, d, workers, comp)
-    states = [WorkerState(w, s, d, cfg.batch_size, cfg.seed, comp, rule.uses_pool(s))
+    states = [WorkerState(w, s, d, cfg.batch_size, cfg.seed, comp, rule.uses_index(s))
               for w, s in enumerate(data, start=1)]
     replica = Replica(d)
     averager = make_averager(cfg, d)

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from . import kernels as K
+from . import topk_index
 from .kernels import CACHE
 from .mpicall import now
 
@@ -36,7 +37,9 @@ SCHEDULE_CODES = {"decay": 0, "bottou": 1, "constant": 2}
 AVERAGING_CODES = {"quadratic": 0, "uniform": 1, "none": 2}
 # slots of P
 (P_OP, P_K, P_D, P_B, P_LAM, P_L2_SERVER, P_MEMORY, P_SCHEDULE, P_GAMMA, P_SHIFT, P_AVERAGING,
- P_LEVELS, P_BITS, P_DIVISOR, P_WORKERS, P_POOL_K, P_MSG_BYTES, P_SIZE) = range(18)
+ P_LEVELS, P_BITS, P_DIVISOR, P_WORKERS, P_MSG_BYTES, P_SIZE) = range(17)
+# a worker's state tuple `ws` (mpimem.engine.WorkerState.arrays): where segments find these
+W_MSG, W_COUNTERS, W_TIMING = 8, 10, 11
 # slots of a worker's counters (int64)
 C_UP, C_DOWN, C_NCAND = range(3)
 # timing columns (mpimem.engine.TIMING_COLUMNS)
@@ -103,18 +106,18 @@ def emit_vector(m, sel, n, out):
 @njit(cache=CACHE)
 def compress(P, ws, cs, worker, r):
     """u = comp(v) of the worker's v (in m) into its message buffer; m := v - u; bytes."""
-    m, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, pool, inpool, pool_state, \
-        counters, timing = ws
-    sel, hkey, hidx, wsel, wkey, widx, floyd_mark, bases = cs
+    m, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, topk, counters, timing = ws
+    sel, hkey, hidx, floyd_mark, bases = cs
     op = np.int64(P[P_OP])
     k = np.int64(P[P_K])
     ncand = counters[C_NCAND]
     if op == OP_NONE:
         return emit_vector(m, cand, ncand, msg)
     if op == OP_TOP_K:
-        if pool.size:
-            n = K.pool_top_k(m, cand, ncand, pool, inpool, pool_state, k,
-                             np.int64(P[P_POOL_K]), sel, hkey, hidx, wsel, wkey, widx)
+        bucket, links, head, icand, held, ikey, iidx, meta = topk
+        if bucket.size:   # sparse rows: the incremental index, O(touched + k) a round
+            n = topk_index.select(m, cand, ncand, bucket, links, head, icand, held, ikey, iidx,
+                                  meta, k, sel)
         else:
             n = K.top_k_scan(m, cand, ncand, k, sel, hkey, hidx)
         idx = msg[: 4 * n].view(np.int32)
@@ -141,8 +144,7 @@ def worker_step(P, shard, ws, cs, z, scale, worker, r, eta, clk):
     """Steps 1-1.2 of round r (message counter r; eta given: the sync clock or async's);
     the message is ws's msg[:returned bytes]. Adds gradient and compression seconds."""
     X, data, indices, indptr, y = shard
-    m, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, pool, inpool, pool_state, \
-        counters, timing = ws
+    m, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, topk, counters, timing = ws
     t0 = now(clk)
     s = scale[0]
     K.next_batch(perm, cursor, rng_sample, rows)
@@ -215,7 +217,7 @@ def agg_add(P, agg, cs, msg, nbytes, worker, r):
     elif op == OP_NONE:
         agg_add_dense(agg, msg[: 4 * d].view(np.float32))
     elif op == OP_RAND_K:
-        sel, hkey, hidx, wsel, wkey, widx, floyd_mark, bases = cs
+        sel, hkey, hidx, floyd_mark, bases = cs
         k = np.int64(P[P_K])
         K.rand_k_indices(bases[worker], r, d, k, sel, floyd_mark)
         agg_add_sparse(agg, sel, msg[: 4 * k].view(np.float32), k)

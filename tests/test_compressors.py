@@ -9,6 +9,7 @@ from numba import njit
 
 from conftest import run_mpi
 from mpimem import kernels as K
+from mpimem import topk_index
 from mpimem.compressors import Aggregator, decode_downlink, make_compressor, sparse_or_dense_nbytes
 from mpimem.config import merge, resolve
 from mpimem.data.dataset import read_meta, read_shard
@@ -27,13 +28,13 @@ class FakeWorker:
         self.m = np.zeros(d)
         self.cand = np.zeros(d, np.int64)
         self.counters = np.array([0, 0, -1], np.int64)   # [bytes up, bytes down, ncand]
-        self.pool = np.zeros(0, np.int64)  # no threshold pool: top-k scans
+        self.topk = topk_index.new_state(0, 1)  # no index: top-k scans
         self.rng_quant = stream_state(seed, worker, QUANTISE)
         self.msg = np.zeros(msg_bytes or 8 * d + 8, np.uint8)
         unused = np.zeros(0, np.int64)
         self.arrays = (self.m, unused, unused, unused.astype(np.uint64), self.rng_quant, unused,
-                       np.zeros(0, np.uint8), self.cand, self.msg, self.pool,
-                       np.zeros(0, np.uint8), np.zeros(2), self.counters, np.zeros(5))
+                       np.zeros(0, np.uint8), self.cand, self.msg, self.topk, self.counters,
+                       np.zeros(5))
 
     @property
     def ncand(self):
@@ -181,40 +182,6 @@ def _pack_unpack(codes, bits):
 def test_bit_packing_round_trip(bits):
     codes = np.random.default_rng(bits).integers(0, 2**bits, size=1001)
     assert np.array_equal(_pack_unpack(codes, bits), codes)
-
-
-def test_pool_top_k_equals_scan_top_k_over_many_sparse_rounds():
-    """The threshold pool (sparse-data fast path) selects the same coordinates, in the same
-    order, as the full scan, round after round: ties, falls, rebuilds and tightenings included."""
-    d, k, ck = 3000, 7, 40
-    rng = np.random.default_rng(8)
-    m_pool, m_scan = np.zeros(d), np.zeros(d)
-    pool, inpool, state = np.zeros(d, np.int64), np.zeros(d, np.uint8), np.zeros(2)
-    sel, sel_s = np.zeros(k, np.int64), np.zeros(k, np.int64)
-    vals_p, vals_s = np.zeros(k, np.float32), np.zeros(k, np.float32)
-    hk, hi = np.zeros(k), np.zeros(k, np.int64)
-    wk, wi, ws = np.zeros(ck), np.zeros(ck, np.int64), np.zeros(ck, np.int64)
-    rebuilds = 0
-    for r in range(400):
-        if r == 200:  # as after a checkpoint load: the pool is forgotten and must be rebuilt
-            inpool[:] = 0
-            state[:] = (0.0, -1.0)
-        touched = rng.choice(d, size=40 if r % 50 else 400, replace=False)
-        delta = np.round(rng.standard_normal(touched.size), 1)  # coarse: many exact ties and falls
-        m_pool[touched] += delta
-        m_scan[touched] += delta
-        before = state[1]
-        n = K.pool_top_k(m_pool, touched, touched.size, pool, inpool, state, k, ck, sel, hk, hi,
-                         ws, wk, wi)
-        rebuilds += state[1] < before
-        K.emit_sparse(m_pool, sel, n, vals_p)
-        n_s = K.top_k_scan(m_scan, sel_s, -1, k, sel_s, hk, hi)
-        K.emit_sparse(m_scan, sel_s, n_s, vals_s)
-        assert n == n_s == k and sel.tolist() == sel_s.tolist()
-        assert np.array_equal(vals_p, vals_s) and np.array_equal(m_pool, m_scan)
-        members = pool[: int(state[0])]
-        assert set(np.flatnonzero(np.abs(m_pool) > state[1])) <= set(members.tolist())
-    assert rebuilds > 0
 
 
 def downlink_oracle(memory, messages, workers, k):

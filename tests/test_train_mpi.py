@@ -38,7 +38,7 @@ CASES = [
     ("eps", 3, dict(compressor="qsgd", bits=4, memory=True)),
     ("eps", 4, dict(compressor="rand_k", k=2)),
     ("eps", 2, dict(compressor="top_k", k=2, l2="worker", averaging="uniform")),
-    ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),  # threshold-pool top-k path
+    ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),  # the incremental top-k index (mpimem.topk_index)
     ("rcv", 3, dict(compressor="rand_k", k=10, memory=False)),
     ("rcv", 1, dict(compressor="none", schedule="bottou", gamma=1.0)),
     ("rcv", 2, dict(compressor="sign", schedule="constant", gamma=0.05, averaging="none")),
