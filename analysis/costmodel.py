@@ -12,8 +12,10 @@ Per design, W workers, mini-batch b, uplink message m bytes (top-k 8k, rand-k 4k
 k_eff entries per message (k, or d dense):
 
   sync server (ranks W+1): the server receives the W messages one after the other, sums them
-      and broadcasts an 8-byte header and the union (two binomial trees, log2(W+1) hops each):
-      T_sync = c b + W (alpha + m/B) + W c_a + ceil(log2(W+1)) (2 alpha + m_down/B),
+      and broadcasts an 8-byte header and the union (binomial trees, log2(W+1) hops each; one
+      Bcast when the downlink has the same size every round: W = 1, or a dense downlink;
+      two, header then payload, otherwise: n_b = 1 or 2):
+      T_sync = c b + W (alpha + m/B) + W c_a + ceil(log2(W+1)) (n_b alpha + m_down/B),
       m_down = min(8 min(W k_eff, d), 4 d)
   async server (ranks W+1): each worker cycles c b + 2 alpha + (m + m_reply)/B; the server
       serves one message in S = 2 alpha + (m + m_reply)/B + c_a, m_reply the changes of the
@@ -159,8 +161,9 @@ def predict(params, design, W, compressor, d, k, b=1, cores=None):
     cb = c * b * slow
     if design == "sync":
         m_down = min(8 * min(W * keff, d), 4 * d)
+        n_b = 1 if W == 1 or compressor not in ("top_k", "rand_k") else 2
         T = (cb + W * (alpha + m / B) + W * c_a * slow
-             + math.ceil(math.log2(W + 1)) * (2 * alpha + m_down / B))
+             + math.ceil(math.log2(W + 1)) * (n_b * alpha + m_down / B))
         rate = W * b / T
     elif design == "async":
         m_reply = min(12 * (W - 1) * keff, 8 * d)

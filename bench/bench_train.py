@@ -176,6 +176,60 @@ def section_end_to_end(sets, work, ref, headline):
     return lines
 
 
+def us_per_sample(run):
+    m = run["metrics"]
+    return m["train_time"][-1] / m["samples"][-1] * 1e6
+
+
+def section_goals(sets, work, ref):
+    """The targets of the compiled loops (issue 9), each beside its baseline measured in this
+    command: equal settings (same data, b, k, schedule) wherever the baseline is ours."""
+    eps, rcv = sets["epsilon"], sets["rcv1"]
+    rows = []
+
+    def add(what, value, baseline, goal, met):
+        rows.append(f"| {what} | {value} | {baseline} | {goal} | {'yes' if met else 'NO'} |")
+        print(rows[-1], flush=True)
+
+    top1 = dict(MAIN_OP["epsilon"], batch_size=1)
+    us = us_per_sample(mpi_run(eps, 1, dict(top1, epochs=1), f"{work}/goal-eps.h5"))
+    r = ref("epsilon", top1)
+    add("epsilon-like top-1 + memory, b = 1, `--l2 worker`, 1 worker (`mpiexec -n 2`)",
+        f"{us:.2f} us/sample", f"reference loop {r:.1f} us/sample: {r / us:.1f}x", "<= 6 us/sample",
+        us <= 6)
+    same = dict(top1, epochs=1, schedule="decay", gamma=2.0)   # async W = 1 equals sync W = 1
+    sync_us = us_per_sample(mpi_run(eps, 1, same, f"{work}/goal-sync.h5"))
+    async_us = us_per_sample(mpi_run(eps, 1, dict(same, mode="async"), f"{work}/goal-async.h5"))
+    add("`--mode async`, 1 worker, same settings (epsilon-like top-1, b = 1)",
+        f"{async_us:.2f} us/sample", f"sync, 1 worker: {sync_us:.2f} us/sample "
+        f"({async_us / sync_us:.2f}x)", "<= 1.3x sync", async_us <= 1.3 * sync_us)
+    top50 = dict(MAIN_OP["rcv1"], batch_size=1, l2="server")
+    us = us_per_sample(mpi_run(rcv, 1, dict(top50, epochs=1), f"{work}/goal-rcv.h5"))
+    r = ref("rcv1", top50)
+    add("RCV1-like top-50 + memory, b = 1, `--l2 server`, 1 worker", f"{us:.2f} us/sample",
+        f"reference loop ({'`--l2 worker`'}) {r:.1f} us/sample: {r / us:.1f}x", "<= 12 us/sample",
+        us <= 12)
+    for like, data, b, k in (("rcv1", rcv, 64, 50), ("rcv1", rcv, 64, 50 * 64),
+                             ("epsilon", eps, 16, 16)):
+        meta = read_meta(data)
+        sk_s, _, sk_gap = sklearn_time_to(data, math.inf, 1.0 / meta.n, meta.fstar, max_epochs=1)
+        run = mpi_run(data, 1, dict(compressor="top_k", k=k, batch_size=b, l2="server", epochs=3,
+                                    eval_every=0.05), f"{work}/goal-sk-{like}-{k}.h5")
+        t = time_to_gap(run, sk_gap)
+        add(f"{like}-like top-{k} + memory, b = {b}, `--l2 server`: time to SGDClassifier's "
+            f"one-epoch f - f* ({sk_gap:.3e})", f"{t:.3f} s",
+            f"SGDClassifier, one epoch: {sk_s:.3f} s ({t / sk_s:.2f}x)",
+            "<= 2x" if like == "rcv1" else "faster", t <= (2 if like == "rcv1" else 1) * sk_s)
+    return ["", "## 0. Goals of the compiled loops (issue 9), each beside its baseline from this "
+            "command", "",
+            "Training wall time (evaluation excluded) from RUN.h5; SGDClassifier: log loss, L2 "
+            "alpha = lambda, no intercept, partial_fit one epoch, timed alone; 'time to' = our "
+            "training time at the first evaluation point (every 0.05 epoch) whose f(xbar) - f* "
+            "reaches SGDClassifier's one-epoch f - f*.", "",
+            "| what | measured | baseline (same command) | goal | met |", "|---|---|---|---|---|",
+            *rows]
+
+
 def section_workers(data, worker_counts, work):
     lines = ["", "## 3. Workers and compressors (epsilon-like, b = 16, `--l2 worker`, 1 epoch, "
              "each compressor's default schedule; oversubscribed beyond 1 worker on 2 cores)", "",
@@ -228,7 +282,8 @@ def main(argv=None):
 
     load0 = os.getloadavg()[0]
     headline = {}
-    body = section_micro(sets, shards, ref, headline)
+    body = section_goals(sets, args.work, ref)
+    body += section_micro(sets, shards, ref, headline)
     body += section_end_to_end(sets, args.work, ref, headline)
     body += section_workers(sets["epsilon"], (1, 2) if args.quick else (1, 2, 3, 4), args.work)
     lines = ["# Training speed", "",

@@ -485,8 +485,8 @@ class Checkpointing:
 
     def urgent(self):
         """This rank wants a sync point soon: it caught a signal, or (rank 0) a time-based
-        checkpoint is due or the run file failed. Cheap (no O(d) work): the loops that can ask
-        for a sync point (allgather, async) call it every round or message."""
+        checkpoint is due or the run file failed. Cheap (no O(d) work): the async server reads
+        it at the start of each compiled segment (mpimem.async_segments)."""
         if self.signals.caught:
             return True
         return self.rank == 0 and bool(self.failure or (

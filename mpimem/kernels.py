@@ -107,18 +107,37 @@ def _worse(ka, a, kb, b):
     return ka < kb or (ka == kb and a > b)
 
 
-BLOCK = 64   # coordinates per block of the full top-k scan
+BLOCK = 64   # largest block of the full top-k scan (k large: smaller, so that blocks >= 4 k)
 
 
 @njit(cache=CACHE, fastmath=True)
-def _block_max_abs(m, lo, hi):
-    """max_j |m_j| over [lo, hi) (vectorised; a NaN entry may be missed, and a NaN stops the
-    run at the next boundary anyway, mpimem.checkpoint)."""
-    mx = 0.0
-    for j in range(lo, hi):
-        a = abs(m[j])
-        mx = a if a > mx else mx   # a select, which vectorises (the builtin max does not)
-    return mx
+def _block_maxima(m, bmax, size):
+    """bmax[b] = max |m_j| over block b (`size` coordinates), in one vectorised pass. A NaN
+    entry may be missed; a NaN stops the run at the next boundary anyway (mpimem.checkpoint)."""
+    n = m.size
+    for b in range(bmax.size):
+        mx = 0.0
+        for j in range(b * size, min(n, (b + 1) * size)):
+            a = abs(m[j])
+            mx = a if a > mx else mx   # a select, which vectorises (the builtin max does not)
+        bmax[b] = mx
+
+
+@njit(cache=CACHE)
+def _kth_largest(values, k, top):
+    """The k-th largest of values (-1.0 when there are fewer than k), by insertion into the
+    descending buffer top[:k]: O(len + k * insertions)."""
+    cnt = 0
+    for v in values:
+        if cnt == k and v <= top[k - 1]:
+            continue
+        p = cnt if cnt < k else k - 1
+        while p > 0 and top[p - 1] < v:
+            top[p] = top[p - 1]
+            p -= 1
+        top[p] = v
+        cnt = min(cnt + 1, k)
+    return top[k - 1] if cnt == k else -1.0
 
 
 @njit(cache=CACHE)
@@ -128,26 +147,28 @@ def top_k_scan(m, cand, ncand, k, out_idx, hkey, hidx):
     A size-k min-heap keyed by the ranking keeps the best k seen, O(d log k); then it is
     emptied worst-first into out_idx from the back, so out_idx is in ranking order.
 
-    The full scan first takes the largest |m_j| of every block of BLOCK coordinates (vectorised)
-    and T, the k-th largest of these block maxima. They are k distinct entries >= T, so the
+    The full scan first takes the largest |m_j| of every block of coordinates (BLOCK, or fewer
+    when k is large, so that there are about 4 k blocks or more; vectorised) and T, the k-th
+    largest of these block maxima. They are k distinct entries >= T, so the
     k-th largest |m_j| is >= T, and a block whose maximum is < T holds nothing of the top-k:
     it is skipped. So is a block whose maximum is <= the worst kept key once the heap is full
     (its entries are smaller, or equal with a larger index: the scan runs in index order). The
     result is that of the plain scan; about k blocks are visited instead of d / BLOCK.
     """
     n = m.size if ncand < 0 else ncand
-    nblocks = (n + BLOCK - 1) // BLOCK if ncand < 0 else 0
-    bmax = np.empty(nblocks)
-    for b in range(nblocks):
-        bmax[b] = _block_max_abs(m, b * BLOCK, min(n, (b + 1) * BLOCK))
-    T = np.partition(bmax, nblocks - k)[nblocks - k] if nblocks > k else -1.0
+    size = min(BLOCK, max(8, n // (4 * k)))
+    bmax = np.empty((n + size - 1) // size if ncand < 0 else 0)
+    _block_maxima(m, bmax, size)
+    T = _kth_largest(bmax, k, hkey) if bmax.size > k else -1.0   # hkey: scratch until the heap
     cnt = 0
     t = 0
+    block_end = 0
     while t < n:
-        if ncand < 0 and t % BLOCK == 0:
-            b = t // BLOCK
+        if ncand < 0 and t == block_end:
+            block_end = min(t + size, n)
+            b = t // size
             if bmax[b] < T or (cnt == k and bmax[b] <= hkey[0]):
-                t = min(t + BLOCK, n)
+                t = block_end
                 continue
         j = t if ncand < 0 else cand[t]
         t += 1

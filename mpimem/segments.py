@@ -31,7 +31,7 @@ messages in the same order, so every replica is bit-identical and the trajectory
 `mpimem.simulate.simulate` on the same W shards (tests/test_allgather.py). Bytes: up = the
 rank's own messages; down = the other ranks' messages plus their 8-byte sizes.
 
-Test hook: MPIMEM_SLOW_WORKER=RANK:SECONDS (mpimem.async_server.slow_worker_delay) makes a
+Test hook: MPIMEM_SLOW_WORKER=RANK:SECONDS (mpimem.errors.slow_worker_delay) makes a
 rank sleep before each exchange (allgather) or send (async).
 """
 import numpy as np

@@ -22,39 +22,136 @@ place. With --topology allgather rank 0 is also a worker; its ServerState holds 
 import numpy as np
 
 
+class ChangeLog:
+    """The async server's change log as arrays that compiled code appends to and reads
+    (mpimem.async_segments): live entry e (head <= e < tail of ptr = [head, tail, index end])
+    is update numbers[e], which changed the coordinates indices[starts[e]: starts[e] + sizes[e]]
+    of z, or every coordinate when sizes[e] = -1. Iterating gives (number, indices or None)."""
+
+    def __init__(self, entries: int = 256, indices: int = 4096):
+        self._allocate(entries, indices)
+
+    def _allocate(self, entries, indices):
+        self.numbers = np.zeros(entries, np.int64)
+        self.starts = np.zeros(entries, np.int64)
+        self.sizes = np.zeros(entries, np.int64)
+        self.indices = np.zeros(indices, np.int32)
+        self.ptr = np.zeros(3, np.int64)
+
+    @property
+    def arrays(self):
+        return self.numbers, self.starts, self.sizes, self.indices, self.ptr
+
+    def __len__(self):
+        return int(self.ptr[1] - self.ptr[0])
+
+    def __iter__(self):
+        for e in range(int(self.ptr[0]), int(self.ptr[1])):
+            size, at = int(self.sizes[e]), int(self.starts[e])
+            yield int(self.numbers[e]), (None if size < 0 else
+                                         self.indices[at: at + size].astype(np.int64))
+
+    def __setitem__(self, key, entries):
+        """log[:] = [(number, indices or None), ...] replaces every entry (as for a list)."""
+        if key != slice(None):
+            raise TypeError("a ChangeLog is replaced whole: log[:] = entries")
+        entries = list(entries)
+        parts = [np.asarray(idx) for _, idx in entries if idx is not None]
+        total = sum(p.size for p in parts)
+        self._allocate(max(256, 2 * len(entries)), max(4096, 2 * total))
+        at = 0
+        for e, (number, idx) in enumerate(entries):
+            size = -1 if idx is None else len(idx)
+            self.numbers[e], self.starts[e], self.sizes[e] = number, at, size
+            if size > 0:
+                self.indices[at: at + size] = idx
+                at += size
+        self.ptr[:] = 0, len(entries), at
+
+    def clear(self):
+        self.ptr[:] = 0
+
+    def _live(self):
+        """(head, tail, start of the live indices, their end)."""
+        head, tail, end = (int(v) for v in self.ptr)
+        return head, tail, int(self.starts[head]) if head < tail else end, end
+
+    def fits(self, need: int) -> bool:
+        """Whether one more entry of `need` indices fits once the live part is at the front."""
+        head, tail, base, end = self._live()
+        return tail - head < self.numbers.size and end - base + need <= self.indices.size
+
+    def grow(self, need: int) -> None:
+        """Twice the room (live entries and indices moved to the front), and room for one more
+        entry of `need` indices."""
+        head, tail, base, end = self._live()
+        live, used = tail - head, end - base
+        numbers, starts, sizes = self.numbers[head:tail], self.starts[head:tail] - base, \
+            self.sizes[head:tail]
+        indices = self.indices[base:end]
+        self._allocate(2 * max(live + 1, self.numbers.size),
+                      2 * max(used + need, self.indices.size))
+        self.numbers[:live], self.starts[:live], self.sizes[:live] = numbers, starts, sizes
+        self.indices[:used] = indices
+        self.ptr[:] = 0, live, used
+
+
 class AsyncCounters:
     """The async server's counters (mpimem.async_server): a checkpoint is taken at a quiescent
-    point, where every granted message has been applied, so these are the whole protocol state."""
+    point, where every granted message has been applied, so these are the whole protocol state.
+    `arrays` = (applied, msg_count, last_pull, histogram) is what the compiled server takes; the
+    histogram has spare slots (staleness is the trimmed view a checkpoint saves)."""
 
     def __init__(self, workers: int):
-        self.applied = 0                                  # updates applied (the server's clock)
+        self.count = np.zeros(1, np.int64)                # [updates applied] (the server's clock)
         self.msg_count = np.zeros(workers + 1, np.int64)  # messages applied per worker (index w)
-        self.staleness = np.zeros(1, np.int64)            # count of applied messages by staleness
         self.last_pull = np.zeros(workers + 1, np.int64)  # update count at worker w's last pull
-        self.log = []            # (update number, changed indices, or None: every coordinate)
+        self.log = ChangeLog()           # what changed since the oldest last pull
+        self.hist = np.zeros(self.log.numbers.size + 1, np.int64)  # applied messages by staleness
+
+    applied = property(lambda self: int(self.count[0]),
+                       lambda self, v: self.count.__setitem__(0, v))
+
+    @property
+    def arrays(self):
+        return self.count, self.msg_count, self.last_pull, self.hist
+
+    @property
+    def staleness(self) -> np.ndarray:
+        """Counts of applied messages by staleness 0 .. the largest seen (at least [count 0])."""
+        return self.hist[: max(1, int(np.flatnonzero(self.hist).max(initial=0)) + 1)].copy()
+
+    @staleness.setter
+    def staleness(self, counts) -> None:
+        counts = np.asarray(counts, np.int64)
+        self.hist = np.zeros(max(self.hist.size, counts.size), np.int64)
+        self.hist[: counts.size] = counts
+
+    def grow(self, need: int) -> None:
+        """Room for the next update (the compiled server asked for it, mpimem.async_segments):
+        the change log grows, and the histogram to a slot for every staleness the log spans."""
+        if not self.log.fits(need):
+            self.log.grow(need)
+        span = self.applied - int(self.last_pull[1:].min())
+        if span >= self.hist.size:
+            self.staleness = np.concatenate([self.hist, np.zeros(span + 1, np.int64)])
 
     def log_arrays(self) -> dict:
         """The change log as arrays: numbers, sizes (-1: every coordinate), indices (joined)."""
-        sizes = [-1 if idx is None else idx.size for _, idx in self.log]
-        parts = [idx for _, idx in self.log if idx is not None]
-        return {"log_numbers": np.array([n for n, _ in self.log], np.int64),
-                "log_sizes": np.array(sizes, np.int64),
+        entries = list(self.log)
+        parts = [idx for _, idx in entries if idx is not None]
+        return {"log_numbers": np.array([n for n, _ in entries], np.int64),
+                "log_sizes": np.array([-1 if idx is None else idx.size for _, idx in entries],
+                                      np.int64),
                 "log_indices": np.concatenate(parts) if parts else np.zeros(0, np.int64)}
 
     def set_log(self, numbers, sizes, indices) -> None:
         """The inverse of log_arrays."""
         entries, at = [], 0
         for number, size in zip(numbers, sizes):
-            idx = None if size < 0 else np.array(indices[at: at + size], np.int64)
-            entries.append((int(number), idx))
+            entries.append((int(number), None if size < 0 else indices[at: at + size]))
             at += max(int(size), 0)
-        self.log[:] = entries     # in place: the async server holds this very list
-
-    def count_staleness(self, stale: int) -> None:
-        if stale >= self.staleness.size:
-            self.staleness = np.concatenate([self.staleness,
-                                             np.zeros(stale + 1 - self.staleness.size, np.int64)])
-        self.staleness[stale] += 1
+        self.log[:] = entries
 
 
 class ServerState:

@@ -14,7 +14,7 @@ CASES = [
     ("eps", 1, dict(compressor="top_k", k=2)),
     ("eps", 2, dict(compressor="rand_k", k=3, batch_size=2)),
     ("eps", 3, dict(compressor="qsgd", bits=4)),
-    ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),   # threshold-pool top-k path
+    ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),   # the incremental top-k index
     ("rcv", 3, dict(compressor="none", schedule="bottou", gamma=1.0)),
     ("eps", 2, dict(compressor="sign", l2="server", schedule="constant", gamma=0.05)),
     ("eps", 3, dict(compressor="ternary", l2="worker", schedule="bottou", gamma=1.0)),

@@ -101,7 +101,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------- resume under MPI
 CASES = [
     ("rcv", 2, ["--compressor", "top_k", "--k", "10", "--l2", "server", "--epochs", "1.5"], 200,
-     400),                                                                       # threshold-pool path
+     400),                                                                       # top-k index path
     ("eps", 3, ["--compressor", "qsgd", "--bits", "4", "--averaging", "uniform",
                 "--epochs", "2"], 100, 200),                                         # rng_quant
     ("rcv", 2, ["--compressor", "rand_k", "--k", "5", "--l2", "worker", "--batch-size", "2",

@@ -105,7 +105,7 @@ def test_sparse_rows_equal_reference(opts):
 
 def test_fast_path_equals_reference_when_lam_is_zero():
     """With lam = 0 both L2 placements are the same algorithm, so the `--l2 server` fast path
-    (x = s z, top-k threshold pool over the touched coordinates of CSR rows) must match too."""
+    (x = s z, the incremental top-k index over the touched coordinates of CSR rows) must match too."""
     sim, ref = both(SPARSE, 2, compressor="top_k", k=5, l2="server", lam=0.0, schedule="bottou",
                     gamma=1.0)
     assert_same_trajectory(sim, ref)

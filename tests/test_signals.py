@@ -195,13 +195,13 @@ def test_async_signal_to_one_worker_checkpoints_and_resume_completes(rcv, tmp_pa
     it at the next pause point's collective decision: exit 75, then --resume completes with
     exactly the planned updates. Old code: exit 138 (SIGUSR1) after the 2 s grace, "failed"."""
     out = tmp_path / "run.h5"
-    opts = [rcv, "--out", str(out), *OPTS, "--mode", "async", "--epochs", "10"]
+    opts = [rcv, "--out", str(out), *OPTS, "--mode", "async", "--epochs", "40"]
     interrupt(3, opts, tmp_path, sig=signal.SIGUSR1, rank=2)
     run_mpi(3, ["train", "--resume", out, "--quiet"], timeout=180, check=True)
     run = read_run(out)
     a = run["attrs"]
     assert a["status"] == "complete" and a["resumed"] == 1
-    assert a["updates_applied"] == a["updates_planned"] == a["updates_sent"] == 2 * 6000
+    assert a["updates_applied"] == a["updates_planned"] == a["updates_sent"] == 2 * 24000
     assert a["pull_checks"] >= 1 and a["pull_checks_failed"] == 0
     assert list(run["metrics"]["round"]) == sorted(set(run["metrics"]["round"]))
 
