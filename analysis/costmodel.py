@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit
 
 from mpimem import mpicall as mc
+from mpimem.launch import core_binding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGNS = ("sync", "async", "allgather")
@@ -92,7 +93,7 @@ def measure_pingpong(reps=200, timeout=120):
     mpiexec = os.path.join(bindir, "mpiexec")
     if not os.path.exists(mpiexec):
         mpiexec = "mpiexec"
-    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "analysis.costmodel", "pingpong",
+    cmd = [mpiexec, *core_binding(2), "-n", "2", sys.executable, "-m", "analysis.costmodel", "pingpong",
            "--reps", str(reps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           check=True)

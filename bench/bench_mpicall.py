@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit
 
 from mpimem import mpicall as mc
+from mpimem.launch import core_binding
 
 warnings.filterwarnings("ignore", message="Cannot cache compiled function")
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -84,7 +85,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.child:
         return child(args.rounds, args.blocks)
-    cmd = [os.path.join(BIN, "mpiexec"), "-n", "2", sys.executable, "-m", "bench.bench_mpicall",
+    cmd = [os.path.join(BIN, "mpiexec"), *core_binding(2), "-n", "2", sys.executable, "-m",
+           "bench.bench_mpicall",
            "--child", "--rounds", str(args.rounds), "--blocks", str(args.blocks)]
     runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
                                       timeout=600).stdout.strip().splitlines()[-1])

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from mpimem.launch import core_binding
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 DESIGNS = {"sync": [], "async": ["--mode", "async"], "allgather": ["--topology", "allgather"]}
@@ -31,7 +33,8 @@ def mpimem(*args, nranks=None, timeout=300):
     cmd = [sys.executable, "-m", "mpimem", *map(str, args)]
     if nranks:
         mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-        cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", "-n", str(nranks)] + cmd
+        cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", *core_binding(nranks), "-n",
+               str(nranks)] + cmd
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           check=True)
 

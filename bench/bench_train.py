@@ -29,6 +29,7 @@ import numpy as np
 from mpimem.compressors import make_compressor
 from mpimem.config import merge, resolve
 from mpimem.data.dataset import read_meta, read_shard
+from mpimem.launch import core_binding
 from mpimem.engine import RoundRule, ShardData, WorkerState, make_averager
 from mpimem.model import Replica
 from mpimem.objective import objective
@@ -81,7 +82,8 @@ def worker_micro(data, shard, opts, rounds):
 
 def mpi_run(data, workers, opts, out):
     """`mpiexec -n W+1 mpimem train` (replacing an earlier bench run's file); its run file."""
-    args = [os.path.join(BIN, "mpiexec"), "-n", str(workers + 1), sys.executable, "-m", "mpimem",
+    args = [os.path.join(BIN, "mpiexec"), *core_binding(workers + 1), "-n", str(workers + 1),
+            sys.executable, "-m", "mpimem",
             "train", data, "--out", out, "--quiet", "--overwrite"]
     for key, value in opts.items():
         flag = f"--{key.replace('_', '-')}"

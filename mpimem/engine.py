@@ -161,23 +161,32 @@ class RoundRule:
         """The scale of x in step 3: 1 - b eta_t lam (server-side L2) or 1 (paper-exact)."""
         return step.factor_of(self.P, self.eta(r))
 
+    def fixed_message_bytes(self, dense_data: bool) -> int:
+        """The size of every worker's message when it is the same every round, else -1: the
+        quantisers and sign always; rand-k (k values); top-k with k entries (it sends fewer
+        only without memory on CSR rows with server-side L2, where it scans the touched
+        coordinates alone); plain SGD when its message is dense (every coordinate changes:
+        dense rows, or the L2 term on the worker)."""
+        name = self.comp.name
+        every_coordinate = dense_data or not self.l2_on_server
+        if name in ("qsgd", "ternary", "sign", "rand_k") or (
+                name in ("top_k", "none") and every_coordinate) or (
+                name == "top_k" and self.memory):
+            return self.comp.max_message_bytes()
+        return -1
+
     def fixed_downlink_bytes(self, dense_data: bool) -> int:
         """The downlink payload's size when it is the same every round, else -1. Then the sync
-        server broadcasts header and payload as one message (mpimem.segments). Fixed: the
-        --downlink-k vector (K entries), a dense downlink (quantisers, sign; plain SGD whose
-        uplink is dense because every coordinate changes), and one worker's top-k or rand-k
-        message of exactly k entries (top-k sends fewer only without memory on CSR rows with
-        server-side L2, where it scans the touched coordinates alone)."""
-        d, name = self.d, self.comp.name
-        every_coordinate = dense_data or not self.l2_on_server
+        server broadcasts header and payload as one message (mpimem.segments): the
+        --downlink-k vector (K entries), a dense downlink (the quantisers, sign, dense plain
+        SGD), and one worker's fixed-size top-k or rand-k message (k entries)."""
         if self.cfg.downlink_k:
-            return sparse_or_dense_nbytes(self.cfg.downlink_k, d)
-        if name in ("qsgd", "ternary", "sign") or (name == "none" and every_coordinate):
-            return 4 * d
-        if self.workers == 1 and (name == "rand_k" or (
-                name == "top_k" and (every_coordinate or self.memory))):
-            return sparse_or_dense_nbytes(self.comp.k, d)
-        return -1
+            return sparse_or_dense_nbytes(self.cfg.downlink_k, self.d)
+        if self.fixed_message_bytes(dense_data) < 0:
+            return -1
+        if self.comp.name in ("qsgd", "ternary", "sign", "none"):
+            return 4 * self.d
+        return sparse_or_dense_nbytes(self.comp.k, self.d) if self.workers == 1 else -1
 
     def make_aggregator(self):
         per_message = self.comp.max_message_bytes() // 4

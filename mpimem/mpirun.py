@@ -106,10 +106,11 @@ class Run:
         if self.rank == 0 and not self.peer:
             self.inbox = np.zeros((self.workers, slot), np.uint8)
             self.sizes = np.zeros(self.workers, np.int64)
-        if self.peer:  # allgather: size, sizes, received messages, counts, displacements
+        if self.peer:  # allgather: own [size, message] slot, sizes, received, counts, displs
             W = self.workers
-            self.exchange = (np.zeros(1, np.int64), np.zeros(W, np.int64),
-                             np.zeros(W * slot, np.uint8), np.zeros(W, np.int32),
+            self.fixed_up = self.rule.fixed_message_bytes(self.meta.storage == "dense")
+            self.exchange = (np.zeros(8 + slot, np.uint8), np.zeros(W, np.int64),
+                             np.zeros(W * (8 + slot), np.uint8), np.zeros(W, np.int32),
                              np.zeros(W, np.int32))
             self.delay = slow_worker_delay(self.rank)
         if self.worker_id:
@@ -124,12 +125,14 @@ class Run:
     def segment(self, r0, r1):
         """Rounds r0 .. r1-1 (or fewer: mpimem.segments) in compiled code; the next round."""
         if self.peer:
-            size, sizes, recv, counts, displs = self.exchange
+            own, sizes, recv, counts, displs = self.exchange
+            slot = own if self.fixed_up < 0 else own[: 8 + -(-self.fixed_up // 8) * 8]
             return allgather_segment(self.rule.P, self.mpi, self.shard.arrays, self.ws.arrays,
                                      self.rule.cs, self.agg.arrays, self.replica.z,
                                      self.replica.scale, averager_arrays(self.averager),
-                                     self.averager is not None, size, sizes, recv, counts,
-                                     displs, self.worker_id, r0, r1, SEGMENT_SECONDS, self.delay)
+                                     self.averager is not None, slot, self.fixed_up, sizes,
+                                     recv, counts, displs, self.worker_id, r0, r1,
+                                     SEGMENT_SECONDS, self.delay)
         if self.rank == 0:
             return server_segment(self.rule.P, self.mpi, self.agg.arrays, self.rule.cs,
                                   self.inbox, self.sizes, self.replica.z, self.replica.scale,

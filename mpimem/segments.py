@@ -24,6 +24,8 @@ compression = aggregate + apply, waiting = the Recvs, communication = the Bcasts
                                              ends the segment after this round; "waiting")
                Allgatherv(u_w bytes)        (every rank receives every message, each at an
                                              8-aligned offset; "communication")
+               (when every message has the same size every round, one Allgather of
+               [size, message] slots does both: RoundRule.fixed_message_bytes)
                U = aggregate(u_1..u_W)      (worker = rank order, as the server does)
                x <- factor x - U            (rank 0 also keeps xbar)
 Every rank runs the very aggregation and float32 rounding of the sync server on the same
@@ -138,10 +140,44 @@ def worker_segment(P, mpi, shard, ws, cs, z, scale, message, fixed, hdr, noavg, 
 
 
 @njit(cache=CACHE)
-def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, size, sizes, recv,
-                      counts, displs, worker, r0, r1, budget, delay):
-    """Every rank of `--topology allgather` for rounds r0 .. r1-1 (module docstring); delay:
-    seconds to sleep before each exchange (the MPIMEM_SLOW_WORKER test hook)."""
+def _exchange_sizes(mpi, slot, fixed, msg, nbytes, ask, sizes, recv, counts, displs):
+    """Allgather of every rank's message size (~size when `ask`), and, when every message has
+    the same size `fixed`, of the messages themselves in the same call: each rank's slot is
+    [8-byte size, message]. Returns (whether any rank asked, bytes of all messages)."""
+    workers = sizes.size
+    if fixed >= 0:
+        if nbytes != fixed:
+            raise RuntimeError("mpimem: internal error: a fixed-size message changed its size")
+        slot[:8].view(np.int64)[0] = ~nbytes if ask else nbytes
+        slot[8: 8 + nbytes] = msg[:nbytes]
+        allgather(mpi, slot, slot.size, recv)
+        for w in range(workers):
+            sizes[w] = recv[w * slot.size: w * slot.size + 8].view(np.int64)[0]
+    else:
+        slot[:8].view(np.int64)[0] = ~nbytes if ask else nbytes
+        allgather(mpi, slot[:8], 8, sizes.view(np.uint8))
+    stop = False
+    received = 0
+    offset = 0
+    for w in range(workers):
+        n = sizes[w]
+        if n < 0:
+            stop = True
+            n = ~n
+        counts[w] = n
+        displs[w] = w * slot.size + 8 if fixed >= 0 else offset
+        offset += (n + 7) // 8 * 8
+        received += n
+    return stop, received
+
+
+@njit(cache=CACHE)
+def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, slot, fixed, sizes,
+                      recv, counts, displs, worker, r0, r1, budget, delay):
+    """Every rank of `--topology allgather` for rounds r0 .. r1-1 (module docstring); fixed:
+    the message size when it is the same every round (RoundRule.fixed_message_bytes: then one
+    Allgather carries sizes and messages), else -1; delay: seconds to sleep before each
+    exchange (the MPIMEM_SLOW_WORKER test hook)."""
     workers = np.int64(P[step.P_WORKERS])
     msg, counters, timing = ws[step.W_MSG], ws[step.W_COUNTERS], ws[step.W_TIMING]
     out = agg[4]
@@ -152,22 +188,11 @@ def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, size, si
         sleep(mpi, delay)
         t0 = now(mpi)
         ask = worker == 1 and r + 1 < r1 and t0 - started >= budget
-        size[0] = ~nbytes if ask else nbytes
-        allgather(mpi, size.view(np.uint8), 8, sizes.view(np.uint8))
+        stop, received = _exchange_sizes(mpi, slot, fixed, msg, nbytes, ask, sizes, recv,
+                                         counts, displs)
         t1 = now(mpi)
-        stop = False
-        received = 0
-        offset = 0
-        for w in range(workers):
-            n = sizes[w]
-            if n < 0:
-                stop = True
-                n = ~n
-            counts[w] = n
-            displs[w] = offset
-            offset += (n + 7) // 8 * 8
-            received += n
-        allgatherv(mpi, msg, nbytes, recv, counts, displs)
+        if fixed < 0:
+            allgatherv(mpi, msg, nbytes, recv, counts, displs)
         t2 = now(mpi)
         for w in range(workers):
             lo = np.int64(displs[w])

@@ -16,6 +16,9 @@ CASES = [
     ("eps", 3, dict(compressor="qsgd", bits=4)),
     ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),   # the incremental top-k index
     ("rcv", 3, dict(compressor="none", schedule="bottou", gamma=1.0)),
+    # sparse plain SGD with server-side L2: sizes vary by round (Allgather of sizes, then
+    # Allgatherv); every other case has fixed-size messages (one Allgather of [size, message])
+    ("rcv", 2, dict(compressor="none", l2="server", schedule="bottou", gamma=1.0)),
     ("eps", 2, dict(compressor="sign", l2="server", schedule="constant", gamma=0.05)),
     ("eps", 3, dict(compressor="ternary", l2="worker", schedule="bottou", gamma=1.0)),
 ]
