@@ -112,18 +112,25 @@ def fit_alpha_beta(times: dict):
     return alpha, 1.0 / inv_b, float(np.max(np.abs(pred - t) / t))
 
 
-def measure_compute(d=400, n=2000, k=10, reps=3, seed=0):
-    """Per-sample worker compute c (gradient + compression) for top_k, rand_k and none on a
-    dense epsilon-like shard, and the cost c_a of aggregating + applying one message (s)."""
+def measure_compute(d=400, n=20000, k=10, reps=3, seed=0, data=None):
+    """Per-sample worker compute c (gradient + compression) for top_k, rand_k and none, and the
+    cost c_a of aggregating + applying one message (s), on the data set `data` (all its rows:
+    the runs the model is validated against, so that the rows come from the same level of the
+    memory hierarchy), or on a dense n x d Gaussian matrix when there is none."""
     from mpimem.compressors import make_compressor
     from mpimem.config import TrainConfig, resolve
+    from mpimem.data.dataset import read_shard
     from mpimem.engine import RoundRule, ShardData, WorkerState
     from mpimem.model import Replica
 
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)) / math.sqrt(d)
-    y = np.where(rng.random(n) < 0.5, -1.0, 1.0)
-    shard = ShardData(X, y)
+    if data and os.path.exists(data):
+        part = read_shard(data, 0, 1)
+        shard = ShardData(part.X, part.y)
+        n, d = shard.n, part.X.shape[1]
+    else:
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((n, d)) / math.sqrt(d)
+        shard = ShardData(X, np.where(rng.random(n) < 0.5, -1.0, 1.0))
     out = {}
     for name in ("top_k", "rand_k", "none"):
         cfg = resolve(TrainConfig(data="-", compressor=name, k=k, schedule="bottou", gamma=1.0),
@@ -238,6 +245,9 @@ def main(argv=None):
     p.add_argument("--scaling", default=os.path.join(ROOT, "bench", "results", "scaling.json"),
                    help="measured runs (bench.bench_scaling) to validate against")
     p.add_argument("--d", type=int, default=400)
+    p.add_argument("--data", default=os.path.join(ROOT, "bench", "results", ".scaling-work",
+                                                  "eps-20000x400.h5"),
+                   help="measure c and c_a on this data set (default: bench.bench_scaling's)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--alpha", type=float, help="use this latency (s) instead of the measured one")
     p.add_argument("--bandwidth", type=float, help="use this bandwidth (B/s) instead")
@@ -252,7 +262,8 @@ def main(argv=None):
     alpha, bw, fit_err = fit_alpha_beta(times)
     params = {"alpha": args.alpha or alpha, "bandwidth": args.bandwidth or bw,
               "fit_rel_error": fit_err, "pingpong": times, "d": args.d, "k": args.k,
-              "compute": measure_compute(args.d, k=args.k), "cores": os.cpu_count()}
+              "compute": measure_compute(args.d, k=args.k, data=args.data),
+              "cores": os.cpu_count()}
     if os.path.exists(args.scaling):
         with open(args.scaling) as fh:
             measured = json.load(fh)["runs"]

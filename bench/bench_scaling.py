@@ -87,7 +87,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--d", type=int, default=400)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--epochs", type=float, default=5.0, help="per run (short runs are noisy)")
     ap.add_argument("--batch-size", type=int, default=1, help="b of every run (default 1)")
     ap.add_argument("--timeout", type=int, default=180)
     ap.add_argument("--out", default=os.path.join(RESULTS, "scaling.md"))
