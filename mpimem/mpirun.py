@@ -30,9 +30,20 @@ from .mpicall import table
 from .segments import allgather_segment, server_segment, worker_segment
 from .runfile import RunWriter, check_run_path, new_run_id
 
-# a compiled segment returns to Python at least this often (signals, time-based checkpoints);
-# MPIMEM_SEGMENT_SECONDS changes it (0: after every round; the trajectory never depends on it)
-SEGMENT_SECONDS = float(os.environ.get("MPIMEM_SEGMENT_SECONDS", "0.5"))
+
+
+def segment_seconds() -> float:
+    """How often a compiled segment returns to Python at least (signals, time-based
+    checkpoints): 0.5 s, or MPIMEM_SEGMENT_SECONDS (0: after every round; the trajectory never
+    depends on it)."""
+    text = os.environ.get("MPIMEM_SEGMENT_SECONDS", "0.5")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise MpimemError(f"MPIMEM_SEGMENT_SECONDS must be a number of seconds >= 0, got '{text}'")
+    return value
 
 
 def agree(comm, fn):
@@ -94,6 +105,7 @@ class Run:
         self.fixed = self.rule.fixed_downlink_bytes(self.meta.storage == "dense")
         self.hdr = np.zeros(1, np.int64)
         self.mpi = table()
+        self.segment_seconds = segment_seconds()
         self.ck, self.start_round, self.elapsed0 = None, 0, 0.0  # set by train() (checkpoints)
         self.run_id = None          # rank 0: this run's id (mpimem.runfile), set by train()
         self.averager = None
@@ -132,13 +144,13 @@ class Run:
                                      self.replica.scale, averager_arrays(self.averager),
                                      self.averager is not None, slot, self.fixed_up, sizes,
                                      recv, counts, displs, self.worker_id, r0, r1,
-                                     SEGMENT_SECONDS, self.delay)
+                                     self.segment_seconds, self.delay)
         if self.rank == 0:
             return server_segment(self.rule.P, self.mpi, self.agg.arrays, self.rule.cs,
                                   self.inbox, self.sizes, self.replica.z, self.replica.scale,
                                   averager_arrays(self.averager), self.averager is not None,
                                   self.agg.message, self.fixed, self.hdr, self.timing, r0, r1,
-                                  SEGMENT_SECONDS)
+                                  self.segment_seconds)
         return worker_segment(self.rule.P, self.mpi, self.shard.arrays, self.ws.arrays,
                               self.rule.cs, self.replica.z, self.replica.scale, self.down,
                               self.fixed, self.hdr, NO_AVERAGER, self.worker_id, r0, r1)

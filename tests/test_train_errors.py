@@ -38,9 +38,9 @@ def with_nan(tmp_path_factory, small):
     return str(path)
 
 
-def refused(nranks, args, tmp_path, expect):
+def refused(nranks, args, tmp_path, expect, env=None):
     out = tmp_path / "run.h5"
-    proc = run_mpi(nranks, ["train", *args, "--out", out], timeout=60)
+    proc = run_mpi(nranks, ["train", *args, "--out", out], timeout=60, env=env or {})
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("mpimem: error: "), proc.stderr
@@ -117,3 +117,11 @@ def test_world_of_the_wrong_size_is_refused(small, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "mpimem: error: MPI world has 2 rank(s) but MPIMEM_EXPECT_RANKS=3: the launcher did not "
         "start one MPI program (check srun --mpi=pmi2/pmix)"]
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_bad_segment_seconds_is_one_line(small, tmp_path, value):
+    """MPIMEM_SEGMENT_SECONDS (how often a compiled segment returns to Python) that is not a
+    number of seconds >= 0 is refused before any work, on every rank, in one line."""
+    refused(2, [small], tmp_path, "MPIMEM_SEGMENT_SECONDS must be a number of seconds >= 0",
+            env={"MPIMEM_SEGMENT_SECONDS": value})
