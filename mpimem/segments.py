@@ -46,6 +46,14 @@ from .mpicall import allgather, allgatherv, bcast, now, recv, received_bytes, se
 TAG_UP = 11
 
 
+@njit(inline="always")
+def _account(timing, compression, communication, waiting):
+    """Add a round's seconds to the timing columns (mpimem.engine.TIMING_COLUMNS)."""
+    timing[step.T_COMPRESSION] += compression
+    timing[step.T_COMMUNICATION] += communication
+    timing[step.T_WAITING] += waiting
+
+
 @njit(cache=CACHE)
 def _header(n, stop):
     """The downlink header: the payload length, negative (-(n + 1)) when the segment ends."""
@@ -107,9 +115,7 @@ def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, message,
         _send_downlink(mpi, message, n, fixed, stop, hdr)
         t3 = now(mpi)
         step.server_apply(P, z, scale, out, n, avg, track, r)
-        timing[step.T_COMPRESSION] += (t2 - t1) + (now(mpi) - t3)
-        timing[step.T_WAITING] += t1 - t0
-        timing[step.T_COMMUNICATION] += t3 - t2
+        _account(timing, (t2 - t1) + (now(mpi) - t3), t3 - t2, t1 - t0)
         if stop:
             return r + 1
     return r1
@@ -131,9 +137,7 @@ def worker_segment(P, mpi, shard, ws, cs, z, scale, message, fixed, hdr, noavg, 
         t2 = now(mpi)
         counters[step.C_DOWN] += 8 + n
         step.apply_payload(z, scale, step.factor_of(P, eta), payload, n, noavg, False)
-        timing[step.T_COMPRESSION] += now(mpi) - t2
-        timing[step.T_COMMUNICATION] += t1 - t0
-        timing[step.T_WAITING] += t2 - t1
+        _account(timing, now(mpi) - t2, t1 - t0, t2 - t1)
         if stop:
             return r + 1
     return r1
@@ -200,9 +204,7 @@ def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, slot, fi
         n = step.agg_finish(agg, np.float64(workers))
         step.server_apply(P, z, scale, out, n, avg, track, r)
         counters[step.C_DOWN] += received - nbytes + 8 * (workers - 1)
-        timing[step.T_COMPRESSION] += now(mpi) - t2
-        timing[step.T_COMMUNICATION] += t2 - t1
-        timing[step.T_WAITING] += t1 - t0
+        _account(timing, now(mpi) - t2, t2 - t1, t1 - t0)
         if stop:
             return r + 1
     return r1
