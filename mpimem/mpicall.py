@@ -24,8 +24,8 @@ from numba.extending import intrinsic
 from .kernels import CACHE
 
 # slots of the table
-(CLOCK, USLEEP, SEND, RECV, BCAST, IRECV, WAITANY, ALLGATHER, ALLGATHERV, GET_COUNT, ISEND, WAIT,
- COMM, BYTE, ANY_SOURCE, SLOTS) = range(16)
+(CLOCK, USLEEP, SEND, RECV, BCAST, IRECV, WAITANY, ALLGATHER, ALLGATHERV, GET_COUNT,
+ COMM, BYTE, SLOTS) = range(13)
 TIMESPEC = SLOTS          # two int64 words for clock_gettime
 STATUS = SLOTS + 2        # an MPI_Status buffer (16 words: larger than any MPI's status)
 CLOCK_MONOTONIC = 1       # Linux
@@ -46,12 +46,10 @@ def table(mpi: bool = True) -> np.ndarray:
     for slot, name in ((SEND, "MPI_Send"), (RECV, "MPI_Recv"), (BCAST, "MPI_Bcast"),
                        (IRECV, "MPI_Irecv"), (WAITANY, "MPI_Waitany"),
                        (ALLGATHER, "MPI_Allgather"), (ALLGATHERV, "MPI_Allgatherv"),
-                       (GET_COUNT, "MPI_Get_count"),
-                       (ISEND, "MPI_Isend"), (WAIT, "MPI_Wait")):
+                       (GET_COUNT, "MPI_Get_count")):
         t[slot] = ctypes.cast(getattr(libmpi, name), ctypes.c_void_p).value
     t[COMM] = MPI._handleof(MPI.COMM_WORLD)
     t[BYTE] = MPI._handleof(MPI.BYTE)
-    t[ANY_SOURCE] = MPI.ANY_SOURCE
     return t
 
 
