@@ -209,14 +209,8 @@ def _apply(P, agg, cs, msg, nbytes, w, z, scale, avg, track, cnt, log, share):
     t = a * P[step.P_B] / share
     step.agg_add(P, agg, cs, msg, nbytes, w, msg_count[w])
     n = step.agg_finish(agg, share)
-    if track:
-        step.add_weight(avg, scale, step.weight_at(np.int64(P[step.P_AVERAGING]),
-                                                   P[step.P_SHIFT], t))
-    factor = 1.0
-    if P[step.P_L2_SERVER] != 0.0:
-        factor = 1.0 - P[step.P_B] * step.eta_of(P, t) * P[step.P_LAM] / share
     out = agg[4]
-    folded = step.apply_payload(z, scale, factor, out, n, avg, track)
+    folded = step.apply_at(P, z, scale, out, n, avg, track, t, share)
     hist[a - last_pull[w]] += 1
     applied[0] = a + 1
     msg_count[w] += 1

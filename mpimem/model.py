@@ -34,7 +34,6 @@ import numpy as np
 
 from . import step
 
-BAND_LOW, BAND_HIGH = 0.5, 2.0   # the band of s (mpimem.step.apply_decoded enforces it)
 
 
 class Replica:

@@ -35,6 +35,8 @@ OP_CODES = {"none": OP_NONE, "top_k": OP_TOP_K, "rand_k": OP_RAND_K, "qsgd": OP_
 # schedules and averaging weights (mpimem.schedule)
 SCHEDULE_CODES = {"decay": 0, "bottou": 1, "constant": 2}
 AVERAGING_CODES = {"quadratic": 0, "uniform": 1, "none": 2}
+# the band of the lazy scale s (mpimem.model: x = s z)
+BAND_LOW, BAND_HIGH = 0.5, 2.0
 # slots of P
 (P_OP, P_K, P_D, P_B, P_LAM, P_L2_SERVER, P_MEMORY, P_SCHEDULE, P_GAMMA, P_SHIFT, P_AVERAGING,
  P_LEVELS, P_BITS, P_DIVISOR, P_WORKERS, P_MSG_BYTES, P_SIZE) = range(17)
@@ -71,10 +73,11 @@ def eta_of(P, t):
 
 
 @njit(cache=CACHE)
-def factor_of(P, eta):
-    """The scale of x in step 3: 1 - b eta lam (server-side L2) or 1 (paper-exact L2)."""
+def factor_of(P, eta, share=1.0):
+    """The scale of x in step 3: 1 - b eta lam / share (server-side L2) or 1 (paper-exact L2);
+    share = 1, or W for the async server's `--async-step mean` (W messages, one round)."""
     if P[P_L2_SERVER] != 0.0:
-        return 1.0 - P[P_B] * eta * P[P_LAM]
+        return 1.0 - P[P_B] * eta * P[P_LAM] / share
     return 1.0
 
 
@@ -286,7 +289,7 @@ def apply_decoded(z, scale, factor, idx, vals, dense, avg, track):
     """x <- factor x - U with U given as (idx, vals), or dense vals; mpimem.model explains the
     scale band [1/2, 2] and the fold. Returns whether it folded (every z_j then changed)."""
     s_new = scale[0] * factor
-    folded = not (0.5 <= s_new <= 2.0)   # also 0, negative, nan, inf
+    folded = not (BAND_LOW <= s_new <= BAND_HIGH)   # also 0, negative, nan, inf
     if folded:
         if track:
             settle(avg, z)
@@ -325,9 +328,16 @@ def apply_payload(z, scale, factor, payload, nbytes, avg, track):
 
 
 @njit(cache=CACHE)
-def server_apply(P, z, scale, payload, nbytes, avg, track, r):
-    """Step 3 on the server for sync round r: counts w_r x_r into xbar, then applies U."""
-    t = r * P[P_B]
+def apply_at(P, z, scale, payload, nbytes, avg, track, t, share):
+    """Step 3 on the server at schedule clock t: counts w_t x into xbar, then applies U with
+    the factor of clock t (share: mpimem.step.factor_of). Returns whether it folded."""
     if track:
         add_weight(avg, scale, weight_at(np.int64(P[P_AVERAGING]), P[P_SHIFT], t))
-    return apply_payload(z, scale, factor_of(P, eta_of(P, t)), payload, nbytes, avg, track)
+    return apply_payload(z, scale, factor_of(P, eta_of(P, t), share), payload, nbytes, avg,
+                         track)
+
+
+@njit(cache=CACHE)
+def server_apply(P, z, scale, payload, nbytes, avg, track, r):
+    """Step 3 on the server for sync round r (clock t = r b)."""
+    return apply_at(P, z, scale, payload, nbytes, avg, track, r * P[P_B], 1.0)
