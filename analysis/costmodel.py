@@ -120,8 +120,7 @@ def measure_compute(d=400, n=20000, k=10, reps=3, seed=0, data=None):
     from mpimem.compressors import make_compressor
     from mpimem.config import TrainConfig, resolve
     from mpimem.data.dataset import read_shard
-    from mpimem.engine import RoundRule, ShardData, WorkerState
-    from mpimem.model import Replica
+    from mpimem.engine import RoundRule, ShardData
 
     if data and os.path.exists(data):
         part = read_shard(data, 0, 1)
@@ -137,8 +136,8 @@ def measure_compute(d=400, n=20000, k=10, reps=3, seed=0, data=None):
                       n, d, 1)
         comp = make_compressor(name, d, cfg.k, None, True, 0)
         rule = RoundRule(cfg, d, 1, comp)
-        ws = WorkerState(1, shard, d, 1, 0, comp, rule.uses_index(shard))
-        rep, agg = Replica(d), rule.make_aggregator()
+        ws = rule.new_worker(1, shard)
+        rep, agg = rule.new_replica(), rule.make_aggregator()
         rule.run_local(ws, shard, rep, agg, None, 0, 200)   # warm-up
         best_c = best_a = float("inf")
         for rep_i in range(reps):

@@ -5,7 +5,10 @@
 Writes, for the studies present:
   theory.png   (a) f(xbar) - f* against epochs per method, log scale, one panel per data set
   qsgd.png     (b) training loss f(xbar) against MB communicated (workers -> server), with the
-               bits-to-target ratio of each QSGD variant against the best Mem-SGD method
+               bits-to-target ratio of each QSGD variant and of EF21 against the best Mem-SGD
+               method
+  communication.png   study 2's runs: f(xbar) - f* against MB sent both ways (workers -> server
+               plus server -> workers, cumulative), log-log, Mem-SGD vs EF21 vs QSGD
   scaling.png  (c) time to a target loss and speed-up against workers, ideal scaling drawn
   weak.png     weak scaling: wall time of the fixed epochs against workers, ideal (flat) drawn
   summary.csv / summary.md   the numbers behind each figure, one row per (run, quantity),
@@ -13,14 +16,18 @@ Writes, for the studies present:
 
 "Reaches the target" = the first evaluation point with loss_xbar <= target, the MB (or seconds)
 linearly interpolated between that point and the previous one. Default targets: the largest
-best-loss among the study's usable runs of that data set (so every usable run reaches it).
+best-loss among the study's usable runs of that data set (so every usable run reaches it); in
+study 2, among its runs other than EF21 (which the paper did not run: it does not move the
+paper's target, and may not reach it).
 Only usable runs enter the numbers: status "complete", and f(xbar) went below its starting value
 without diverging (mpimem.runlabel.convergence_flag). Every other run is named on stderr, in the
 figure and in the tables; readable ones are drawn dotted, labelled with their status or flag.
 Every curve says what it sent (mpimem.runlabel.run_label: QSGD by its levels s and the bits
-per entry, memory on/off, ...); panel titles name the data set with n, d and "synthetic" for a
-generated look-alike; worker axes tick at whole workers only; log axes show only the points
-they can (the 0-MB start of a loss-against-MB curve is left out, never clamped).
+per entry, memory on/off, ...) and which algorithm sent it: an EF21 run (config method "ef21";
+run files without the key ran Mem-SGD) is labelled "top-1, EF21" and drawn dash-dotted; panel
+titles name the data set with n, d and "synthetic" for a generated look-alike; worker axes tick
+at whole workers only; log axes show only the points they can (the 0-MB start of a
+loss-against-MB curve is left out, never clamped).
 """
 import argparse
 import csv
@@ -33,7 +40,7 @@ import numpy as np
 
 from mpimem.runlabel import bits_per_entry, data_label, first_crossing, run_label
 
-from .load import load_runs
+from .load import load_runs, run_method
 
 FIELDS = ["study", "dataset", "method", "workers", "seed", "status", "flag", "quantity", "value",
           "file"]
@@ -132,8 +139,25 @@ def _default_target(runs):
 
 def curve_label(run):
     """A run's name in a legend: what it sent (mpimem.runlabel.run_label: operator, QSGD levels
-    and bits per entry, memory on/off, non-default mode/topology/downlink/L2)."""
+    and bits per entry, memory on/off or EF21 / EF21-BC for method "ef21", non-default
+    k warm-up/mode/topology/downlink/L2)."""
     return run_label(run.config, int(run.attrs.get("d", 0))) if run.config else run.label
+
+
+def line_style(run):
+    """Dash-dotted: EF21; dashed: QSGD or an operator without memory; solid: the rest."""
+    if run_method(run.config) == "ef21":
+        return "-."
+    if run.config.get("compressor") == "qsgd":
+        return "--"
+    nomem = run.config.get("compressor") != "none" and not run.config.get("memory", True)
+    return "--" if nomem else "-"
+
+
+def is_memsgd(run):
+    """A Mem-SGD run with memory (the methods EF21 and QSGD are measured against)."""
+    return (run_method(run.config) == "memsgd" and run.config.get("memory")
+            and run.config.get("compressor") not in ("qsgd", "none"))
 
 
 def log_points(x, y, logx=False):
@@ -149,12 +173,19 @@ def worker_ticks(ax, workers):
     ax.set_xticks(sorted({int(w) for w in workers}))
 
 
+def mb_sent(run):
+    """MB sent both ways by each evaluation point: (bytes_up + bytes_down) / 1e6, cumulative."""
+    return (run.metrics["bytes_up"] + run.metrics["bytes_down"]) / 1e6
+
+
 def _excluded_curves(ax, runs, x, y, colors):
-    """Readable runs that enter no number, dotted and labelled with their status or flag."""
+    """Readable runs that enter no number, dotted and labelled with their status or flag
+    (x: a metric, "MB" = MB up, or "MB sent" = MB up + down)."""
     for r in runs:
         if r.readable and not r.usable and r.metrics.get(y) is not None and r.metrics[y].size:
-            xs = r.metrics[x] if x != "MB" else r.metrics["bytes_up"] / 1e6
-            ax.plot(*log_points(xs, r.metrics[y], logx=x == "MB"), ":",
+            xs = {"MB": lambda: r.metrics["bytes_up"] / 1e6,
+                  "MB sent": lambda: mb_sent(r)}.get(x, lambda: r.metrics[x])()
+            ax.plot(*log_points(xs, r.metrics[y], logx=x.startswith("MB")), ":",
                     color=colors.get(r.label, "grey"),
                     label=f"{curve_label(r)} [{r.flag_kind or r.status}]")
 
@@ -173,9 +204,8 @@ def fig_theory(runs, problems, table):
             ep, sub = r.metrics["epoch"], r.metrics["subopt_xbar"]
             if np.all(np.isnan(sub)):   # f* unknown: loss above the best loss seen
                 sub = r.metrics["loss_xbar"] - np.nanmin(r.metrics["loss_xbar"])
-            nomem = r.config.get("compressor") != "none" and not r.config.get("memory", True)
-            style = "--" if nomem else "-"
-            ax.semilogy(*log_points(ep, sub), style, color=colors[r.label], label=curve_label(r))
+            ax.semilogy(*log_points(ep, sub), line_style(r), color=colors[r.label],
+                        label=curve_label(r))
             table.add(r, "final_epoch", float(ep[-1]))
             table.add(r, "final_subopt_xbar", float(r.metrics["subopt_xbar"][-1]))
             table.add(r, "final_loss_xbar", float(r.metrics["loss_xbar"][-1]))
@@ -199,13 +229,15 @@ def fig_qsgd(runs, problems, table, target=None):
     report = []
     for ax, (ds, group) in zip(axes[0], by_ds.items()):
         done = [r for r in group if r.usable]
-        tgt = target if target is not None else _default_target(done)
+        # EF21 (not in the paper) does not move the paper's target: a slow EF21 run would make
+        # it easy for every method; EF21's MB_to_target is nan if it never gets there
+        paper = [r for r in done if run_method(r.config) != "ef21"] or done
+        tgt = target if target is not None else _default_target(paper)
         mb_to = {}
         for r in done:
             mb = r.metrics["bytes_up"] / 1e6
             loss = r.metrics["loss_xbar"]
-            style = "-" if r.config.get("compressor") != "qsgd" else "--"
-            ax.loglog(*log_points(mb, loss, logx=True), style, marker=".",
+            ax.loglog(*log_points(mb, loss, logx=True), line_style(r), marker=".",
                       color=colors[r.label], label=curve_label(r))
             mb_to[r.label] = first_crossing(mb, loss, tgt)
             if r.config.get("compressor") == "qsgd":
@@ -215,16 +247,18 @@ def fig_qsgd(runs, problems, table, target=None):
             table.add(r, "target_loss", tgt)
             table.add(r, "MB_to_target", mb_to[r.label])
         _excluded_curves(ax, group, "MB", "loss_xbar", colors)
-        mem = {r.label: mb_to[r.label] for r in done
-               if r.config.get("compressor") != "qsgd" and r.config.get("memory")}
+        mem = {r.label: mb_to[r.label] for r in done if is_memsgd(r)}
         best_mem = min(mem, key=lambda k: mem[k] if not math.isnan(mem[k]) else math.inf,
                        default=None)
         lines = [f"target loss {tgt:.5g}"]
         for r in done:
-            if r.config.get("compressor") == "qsgd" and best_mem is not None:
+            if best_mem is not None and (r.config.get("compressor") == "qsgd"
+                                         or run_method(r.config) == "ef21"):
                 ratio = _ratio(mb_to[r.label], mem[best_mem])
                 table.add(r, f"bits_ratio_vs_{best_mem}", ratio)
-                lines.append(f"{curve_label(r)} / {best_mem}: {ratio:.3g}x the bits to target")
+                lines.append(f"{curve_label(r)} / {best_mem}: {ratio:.3g}x the bits to target"
+                             if not math.isnan(mb_to[r.label]) else
+                             f"{curve_label(r)}: does not reach the target")
         report += [f"{ds}: {ln}" for ln in lines]
         if not math.isnan(tgt):
             ax.axhline(tgt, color="k", lw=0.6, ls=":")
@@ -238,6 +272,48 @@ def fig_qsgd(runs, problems, table, target=None):
     _mark_problems(fig, problems)
     for line in report:
         print(f"qsgd: {line}")
+    return fig
+
+
+# -- communication: Mem-SGD vs EF21 vs QSGD -----------------------------------------------------
+def fig_communication(runs, problems, table):
+    """f(xbar) - f* against MB sent both ways (cumulative bytes_up + bytes_down), log-log, one
+    panel per data set, one curve per method (Mem-SGD's labelled "Mem-SGD top-1, memory"); the
+    MB each run needed to reach the panel's target gap (the largest best gap among its usable
+    runs) goes into the table. A panel whose data set has no f* draws f(xbar) - the best f(xbar)
+    of its runs (the axis label says so)."""
+    plt = _mpl()
+    by_ds = _group(runs, lambda r: r.dataset)
+    fig, axes = plt.subplots(1, max(1, len(by_ds)), figsize=(6 * max(1, len(by_ds)), 4.5),
+                             squeeze=False)
+    colors = _label_style(r.label for r in runs)
+    for ax, group in zip(axes[0], by_ds.values()):
+        done = [r for r in group if r.usable]
+        no_fstar = any(np.all(np.isnan(r.metrics["subopt_xbar"])) for r in done)
+        best = min((np.nanmin(r.metrics["loss_xbar"]) for r in done), default=math.nan)
+
+        def gap(r):
+            return r.metrics["loss_xbar"] - best if no_fstar else r.metrics["subopt_xbar"]
+
+        tgt = max((float(np.nanmin(gap(r))) for r in done), default=math.nan)
+        for r in done:
+            mb, sub = mb_sent(r), gap(r)
+            name = f"Mem-SGD {curve_label(r)}" if is_memsgd(r) else curve_label(r)
+            ax.loglog(*log_points(mb, sub, logx=True), line_style(r), marker=".",
+                      color=colors[r.label], label=name)
+            table.add(r, "total_MB_up_down", float(mb[-1]))
+            table.add(r, "final_gap_xbar", float(sub[-1]))
+            table.add(r, "target_gap_xbar", tgt)
+            table.add(r, "MB_up_down_to_target", first_crossing(mb, sub, tgt))
+        _excluded_curves(ax, group, "MB sent", "subopt_xbar", colors)
+        what = "f(xbar) - best f(xbar) (no f*)" if no_fstar else "f(xbar) - f*"
+        ax.set_title(f"{group[0].data_title}:\n{what} against MB sent (up + down), "
+                     "Mem-SGD vs EF21 vs QSGD", fontsize=9)
+        ax.set_xlabel("MB sent, workers to server + server to workers (cumulative)")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    _mark_problems(fig, problems)
     return fig
 
 
@@ -337,12 +413,17 @@ def _save(fig, out, name):
     return path
 
 
-FIGURES = {"theory": fig_theory, "qsgd": fig_qsgd, "scaling": fig_scaling, "weak": fig_weak}
+# figure name (NAME.png) -> (the study whose runs it draws, the function)
+FIGURES = {"theory": ("theory", fig_theory), "qsgd": ("qsgd", fig_qsgd),
+           "communication": ("qsgd", fig_communication),
+           "scaling": ("scaling", fig_scaling), "weak": ("weak", fig_weak)}
+STUDIES = {study for study, _ in FIGURES.values()}
 
 
-def draw(study, runs, problems, table, **kw):
-    """The figure of one study (a matplotlib Figure, not yet saved)."""
-    return FIGURES[study](runs, problems, table, **kw)
+def draw(name, runs, problems, table, **kw):
+    """The figure `name` (a key of FIGURES) of its study's runs (a matplotlib Figure, not yet
+    saved)."""
+    return FIGURES[name][1](runs, problems, table, **kw)
 
 
 def main(argv=None):
@@ -373,20 +454,20 @@ def main(argv=None):
             table.add(p, "final_loss_xbar", float(p.metrics["loss_xbar"][-1]))
     by_study = _group([r for r in runs if r.readable], lambda r: r.study)
     written = []
-    for study in FIGURES:
+    for name, (study, _) in FIGURES.items():
         group = by_study.get(study)
         if not group:
             continue
         # problems of this study, plus unreadable files whose study is unknown
         probs = [p for p in problems if p.study in (study, "?")]
         kw = {}
-        if study == "qsgd":
+        if name == "qsgd":
             kw["target"] = args.qsgd_target
-        if study == "scaling":
+        if name == "scaling":
             kw["target"] = args.scaling_target
-        written.append(_save(draw(study, group, probs, table, **kw), args.out, f"{study}.png"))
+        written.append(_save(draw(name, group, probs, table, **kw), args.out, f"{name}.png"))
     for study in by_study:
-        if study not in FIGURES:
+        if study not in STUDIES:
             print(f"analysis.figures: runs of unknown study {study!r} not drawn", file=sys.stderr)
     table.write(args.out, problems)
     for path in written + [os.path.join(args.out, "summary.csv"),

@@ -7,6 +7,8 @@ Run with `problem` set; a readable run whose status is not "complete" keeps its 
 
 Study, label, data set and worker count come from the `meta.json` the job script writes next
 to the run file; without one they are derived from the run's own attributes (the config).
+The method (Mem-SGD "memsgd" or "ef21") is the config's `method`; run files written before
+the key existed ran Mem-SGD.
 The data set's title says its size and whether it is a synthetic look-alike
 (mpimem.runlabel.data_label: meta.json's `synthetic`, else the data file's `source`).
 
@@ -35,6 +37,7 @@ class Run:
     data_title: str = "?"                   # "epsilon (synthetic, n=400, d=20)"
     workers: int = 0
     seed: int = 0
+    method: str = "memsgd"                  # the config's method; "memsgd" for older files
     status: str = "unreadable"
     problem: str = ""                       # why the file is unusable ("" when readable)
     flag: str = ""                          # "diverged: ..." or "flat: ..." (complete runs)
@@ -70,10 +73,20 @@ def _text(v):
     return v.decode() if isinstance(v, bytes) else v
 
 
+def run_method(cfg: dict) -> str:
+    """The algorithm a run ran: the config's `method` ("memsgd", "ef21"); "memsgd" for run files
+    written before the key existed."""
+    return str(cfg.get("method") or "memsgd")
+
+
 def method_label(cfg: dict) -> str:
-    """A label from the resolved config, as the study TOMLs name methods."""
+    """A label from the resolved config, as the study TOMLs name methods ("ef21-top1" for EF21
+    with top-1)."""
     comp = cfg.get("compressor", "?")
     mem = cfg.get("memory", True)
+    if run_method(cfg) == "ef21":
+        size = f"{comp[:-2]}{cfg.get('k')}" if comp in ("top_k", "rand_k") else comp
+        return f"ef21-{size}"
     if comp == "none":
         return "SGD"
     if comp == "qsgd":
@@ -117,6 +130,7 @@ def read_one(path, root=None) -> Run:
     run.data_title = data_label(ds, a, m)
     run.workers = int(m.get("workers") or a.get("workers") or 0)
     run.seed = int(m.get("seed", c.get("seed", 0)) or 0)
+    run.method = run_method(c)
     if run.complete:
         run.flag = convergence_flag(run.metrics.get("loss_xbar", []))
     return run

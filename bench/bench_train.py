@@ -26,12 +26,10 @@ import time
 
 import numpy as np
 
-from mpimem.compressors import make_compressor
 from mpimem.config import merge, resolve
 from mpimem.data.dataset import read_meta, read_shard
 from mpimem.launch import core_binding
-from mpimem.engine import RoundRule, ShardData, WorkerState, make_averager
-from mpimem.model import Replica
+from mpimem.engine import RoundRule, ShardData, compressor_for, make_averager
 from mpimem.objective import objective
 from mpimem.reference import Reference, Settings
 from mpimem.runfile import read_run
@@ -69,10 +67,9 @@ def worker_micro(data, shard, opts, rounds):
     compiled in-process loop (mpimem.segments.local_segment: the steps of the MPI loops)."""
     meta = read_meta(data)
     cfg = resolved(data, meta, opts)
-    comp = make_compressor(cfg.compressor, meta.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
-    rule = RoundRule(cfg, meta.d, 1, comp)
-    ws = WorkerState(1, shard, meta.d, cfg.batch_size, cfg.seed, comp, rule.uses_index(shard))
-    replica, averager, agg = Replica(meta.d), make_averager(cfg, meta.d), rule.make_aggregator()
+    rule = RoundRule(cfg, meta.d, 1, compressor_for(cfg, meta.d), meta.n)
+    ws = rule.new_worker(1, shard)
+    replica, averager, agg = rule.new_replica(), make_averager(cfg, meta.d), rule.make_aggregator()
     rule.run_local(ws, shard, replica, agg, averager, 0, 200)   # warm-up
     ws.timing[:] = 0
     server = rule.run_local(ws, shard, replica, agg, averager, 200, 200 + rounds)

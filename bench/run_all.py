@@ -4,6 +4,7 @@
     train.md       per-sample worker/server work, end to end vs the paper's code and scikit-learn
     checkpoint.md  checkpoint write/load time and size against d and W
     mpicall.md     MPI from compiled loops: mpimem.mpicall against numba-mpi
+    methods.md     bytes to f - f* = 1e-3: Mem-SGD, EF21, EF21-BC, QSGD, SGD
 (`make bench-scaling` runs the scaling study and the cost model separately: it takes longer.)
 Pass --quick for smaller sizes. Timings on a shared 2-core machine are noisy: the tables put
 each figure next to its baseline measured in the same command.
@@ -17,7 +18,8 @@ def main(argv=None) -> int:
     steps = [[sys.executable, "-m", "bench.bench_data", *quick],
              [sys.executable, "-m", "bench.bench_train", *quick],
              [sys.executable, "bench/bench_checkpoint.py", *quick],
-             [sys.executable, "-m", "bench.bench_mpicall"]]
+             [sys.executable, "-m", "bench.bench_mpicall"],
+             [sys.executable, "-m", "bench.bench_methods", *quick]]
     for cmd in steps:
         print("==", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)

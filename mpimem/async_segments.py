@@ -210,7 +210,7 @@ def _apply(P, agg, cs, msg, nbytes, w, z, scale, avg, track, cnt, log, share):
     step.agg_add(P, agg, cs, msg, nbytes, w, msg_count[w])
     n = step.agg_finish(agg, share)
     out = agg[4]
-    folded = step.apply_at(P, z, scale, out, n, avg, track, t, share)
+    folded = step.apply_at(P, z, scale, z[:0], out, n, avg, track, t, share)  # no EF21 G
     hist[a - last_pull[w]] += 1
     applied[0] = a + 1
     msg_count[w] += 1

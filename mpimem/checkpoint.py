@@ -605,7 +605,8 @@ class Checkpointing:
         else:
             parts, head = None, None
         mine = scatter_states(comm, parts)
-        comm.Bcast(run.replica.z, root=0)   # every replica is the server's x
+        comm.Bcast(run.replica.z, root=0)   # every replica is the server's x (and EF21's G)
+        comm.Bcast(run.replica.g, root=0)
         head = comm.bcast(head, root=0)
         run.replica.s = head[2]
         if mine is not None:

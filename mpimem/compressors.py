@@ -138,7 +138,7 @@ class Compressor:
     def compress(self, ws, r: int) -> int:
         """u = comp(v) for worker state ws in round r into ws.msg; m := v - u; bytes written."""
         P = self.fill_params(np.zeros(step.P_SIZE))
-        return step.compress(P, ws.arrays, self.scratch(ws.worker), ws.worker, r)
+        return step.compress(P, ws.m, ws.arrays, self.scratch(ws.worker), ws.worker, r)
 
     def add_to(self, agg: Aggregator, msg: np.ndarray, worker: int = 1, r: int = 0) -> None:
         """agg += the u that message msg of `worker` in its round r stands for."""

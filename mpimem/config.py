@@ -28,6 +28,7 @@ L2_PLACEMENTS = ("server", "worker")
 MODES = ("sync", "async")
 TOPOLOGIES = ("server", "allgather")
 ASYNC_STEPS = ("full", "mean")
+METHODS = ("memsgd", "ef21")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class TrainConfig:
     bits: int = None
     levels: int = None
     memory: bool = True
+    method: str = "memsgd"        # memsgd (Algorithm 1) or ef21 (docs/spec.md "EF21")
+    k_warmup: int = 0             # epochs from dense to k (top_k/rand_k; 0: off)
     # budget
     epochs: float = 1.0
     samples: int = None
@@ -157,8 +160,10 @@ def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
     _choice("mode", cfg.mode, MODES)
     _choice("topology", cfg.topology, TOPOLOGIES)
     _choice("async_step", cfg.async_step, ASYNC_STEPS)
+    _choice("method", cfg.method, METHODS)
     _check_system(cfg, n, d, workers)
     _resolve_operator(cfg, d)
+    _check_method(cfg)
     _resolve_steps(cfg, n, d)
     if cfg.eval_every is None:
         total = cfg.samples / n if cfg.samples else cfg.epochs
@@ -218,6 +223,26 @@ def _resolve_operator(cfg: TrainConfig, d: int) -> None:
             raise MpimemError(f"--levels must be in 1..32767, got {cfg.levels}")
 
 
+def _check_method(cfg: TrainConfig) -> None:
+    """EF21 and the k warm-up against the mode and operator (docs/spec.md "EF21")."""
+    if cfg.method == "ef21":
+        if cfg.mode != "sync":
+            raise MpimemError("--method ef21 needs --mode sync (EF21's server estimate G is "
+                              "the mean of the workers' estimates of one round)")
+        if not cfg.memory:
+            raise MpimemError("--method ef21 keeps each worker's gradient estimate by "
+                              "definition: --no-memory is for --method memsgd")
+    if cfg.k_warmup is None or cfg.k_warmup < 0:
+        raise MpimemError(f"--k-warmup must be a whole number of epochs >= 0, got {cfg.k_warmup}")
+    if cfg.k_warmup:
+        if cfg.compressor not in ("top_k", "rand_k"):
+            raise MpimemError(f"--k-warmup grows k: it needs --compressor top_k or rand_k, "
+                              f"not {cfg.compressor}")
+        if cfg.mode != "sync":
+            raise MpimemError("--k-warmup needs --mode sync (every message of a round has the "
+                              "round's k)")
+
+
 def contraction_rounds(cfg: TrainConfig, d: int) -> float:
     """1/delta for the operator as a delta-contraction, E||C(v) - v||^2 <= (1 - delta)||v||^2: the
     default shift a in rounds (the paper's a = d/k generalised). top-k/rand-k: d/k; rescaled
@@ -231,6 +256,25 @@ def contraction_rounds(cfg: TrainConfig, d: int) -> float:
     return 1.0
 
 
+EF21_MULTIPLE = 4    # EF21's default gamma in units of its theoretical step (docs/spec.md "EF21")
+
+
+def ef21_gamma(cfg: TrainConfig, d: int) -> float:
+    """EF21's default gamma per sample: EF21_MULTIPLE times the theoretical step of Richtarik,
+    Sokolov, Fatkhullin (2021, Theorem 1) gamma_th = 1 / (L (1 + sqrt(beta / theta))),
+    theta = 1 - sqrt(1 - alpha), beta = (1 - alpha) / theta, alpha = 1 / contraction_rounds
+    (k/d for top-k), L = 1/4 + lam (unit-norm rows), divided by b because eta_t multiplies the
+    sum of b gradients. The schedule is bottou: eta_t = gamma / (1 + gamma lam t)."""
+    alpha = 1.0 / contraction_rounds(cfg, d)
+    if alpha >= 1.0:
+        ratio = 0.0
+    else:
+        theta = 1.0 - math.sqrt(1.0 - alpha)
+        ratio = math.sqrt((1.0 - alpha) / theta / theta)
+    smooth = 0.25 + cfg.lam
+    return EF21_MULTIPLE / (smooth * (1.0 + ratio)) / cfg.batch_size
+
+
 def _resolve_steps(cfg: TrainConfig, n: int, d: int) -> None:
     """lambda, schedule, gamma and shift: unset ones take the operator's default (or, under
     --mode async with neither schedule nor gamma set, the paper's asynchronous setting, with a
@@ -239,6 +283,8 @@ def _resolve_steps(cfg: TrainConfig, n: int, d: int) -> None:
         cfg.lam = 1.0 / n
     if not math.isfinite(cfg.lam) or cfg.lam < 0:
         raise MpimemError(f"--lam must be a finite number >= 0, got {cfg.lam}")
+    if cfg.schedule is None and cfg.gamma is None and cfg.method == "ef21":
+        cfg.schedule, cfg.gamma = "bottou", ef21_gamma(cfg, d)
     if cfg.schedule is None and cfg.gamma is None:
         schedule, gamma = default_steps(cfg.compressor, cfg.memory)
         if cfg.mode == "async" and (schedule, gamma) != ASYNC_DEFAULT_STEPS:

@@ -11,6 +11,10 @@ mini-batch b (schedule clock t = r b, step eta_t, see mpimem.schedule):
   3. everyone:  x_{r+1} = factor * x_r - U   (server, and every worker on its replica)
   3.1 server:   xbar accumulates w_r x_r (lazily, mpimem.model.Averager)
 
+`--method ef21` (docs/spec.md "EF21") runs the same round with EF21's steps 1', 2', 3' of
+mpimem.step: the worker's m holds its gradient estimate h_w, every replica (or, for EF21-BC,
+the server alone) holds G; `--k-warmup E` sets k per epoch (RoundRule.k_at) between segments.
+
 L2 placement (`l2`): "worker" (the default) is the paper-exact update, grad f_i includes lam x,
 so step 1.1 adds eta_t b lam x to v (O(d) per round) and factor = 1. "server" (the fast path)
 leaves the L2 term out of the compressed vector and applies it exactly on the iterate,
@@ -21,7 +25,7 @@ import scipy.sparse as sp
 
 from . import kernels as K
 from . import step, topk_index
-from .compressors import Aggregator, TopK, sparse_or_dense_nbytes
+from .compressors import Aggregator, TopK, make_compressor, sparse_or_dense_nbytes
 from .model import Averager, Replica, averager_arrays
 from .mpicall import table
 from .segments import local_segment
@@ -69,15 +73,16 @@ class WorkerState:
         "m", "perm", "cursor", "rng_sample", "rng_quant",
         # derived from m, reset on load: the index of top-k on sparse data (mpimem.topk_index)
         "topk",
-        # scratch
-        "rows", "mark", "cand", "msg",
+        # scratch (v: EF21's vector to compress, empty for Mem-SGD)
+        "rows", "mark", "cand", "msg", "v",
         # statistics: counters = [bytes_up, bytes_down, ncand (candidates of the last round)]
         "counters", "timing",
         # everything above as the tuple mpimem.step takes
         "arrays",
     )
 
-    def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_index):
+    def __init__(self, worker, shard: ShardData, d, batch, seed, compressor, use_index,
+                 ef21=False):
         self.worker = worker
         self.m = np.zeros(d)
         self.perm = np.arange(shard.n, dtype=np.int64)
@@ -92,8 +97,10 @@ class WorkerState:
         self.counters = np.array([0, 0, -1], np.int64)
         self.timing = np.zeros(len(TIMING_COLUMNS))
         self.topk = topk_index.new_state(d, compressor.k) if use_index else topk_index.new_state(0, 1)
+        self.v = np.zeros(d if ef21 else 0)
         self.arrays = (self.m, self.perm, self.cursor, self.rng_sample, self.rng_quant, self.rows,
-                       self.mark, self.cand, self.msg, self.topk, self.counters, self.timing)
+                       self.mark, self.cand, self.msg, self.topk, self.counters, self.timing,
+                       self.v)
 
     bytes_up = property(lambda self: int(self.counters[step.C_UP]),
                         lambda self, v: self.counters.__setitem__(step.C_UP, v))
@@ -122,15 +129,32 @@ class WorkerState:
         topk_index.reset(self.topk[-1])   # the next round rebuilds the index from m
 
 
-class RoundRule:
-    """The resolved, immutable rules of a run: operator, schedule, weights, placement of L2,
-    and the same as the parameter array P of the compiled steps (mpimem.step)."""
+def compressor_for(cfg, d):
+    """The run's operator, sized for the largest k it will use (d during a --k-warmup)."""
+    k = d if cfg.k_warmup and cfg.compressor in ("top_k", "rand_k") else cfg.k
+    return make_compressor(cfg.compressor, d, k, cfg.levels, cfg.memory, cfg.seed)
 
-    def __init__(self, cfg, d, workers, compressor):
+
+def warmup_schedule(cfg, d):
+    """k of each warm-up epoch e < E = --k-warmup (DGC's exponential warm-up, from dense to
+    the target k): k_e = max(k, min(d, round(d (k/d)^(e/E)))); empty without a warm-up."""
+    E, k = cfg.k_warmup, cfg.k
+    return [max(k, min(d, round(d * (k / d) ** (e / E)))) for e in range(E)]
+
+
+class RoundRule:
+    """The resolved rules of a run: operator, method, schedule, weights, placement of L2,
+    and the same as the parameter array P of the compiled steps (mpimem.step). P's k is the
+    only slot that changes during a run (set_round: the --k-warmup schedule)."""
+
+    def __init__(self, cfg, d, workers, compressor, n=None):
         self.cfg = cfg
         self.d = d
         self.workers = workers
         self.comp = compressor
+        self.n = n                      # rows of the data set (epochs of the warm-up)
+        self.ef21 = cfg.method == "ef21"
+        self.k_schedule = warmup_schedule(cfg, d) if cfg.k_warmup else []
         self.b = cfg.batch_size
         self.lam = cfg.lam
         self.memory = cfg.memory and cfg.compressor != "none"
@@ -144,15 +168,47 @@ class RoundRule:
         P[step.P_GAMMA], P[step.P_SHIFT] = cfg.gamma, cfg.shift
         P[step.P_AVERAGING] = step.AVERAGING_CODES[cfg.averaging]
         P[step.P_WORKERS] = workers
+        P[step.P_METHOD] = step.METHOD_CODES[cfg.method]
+        P[step.P_BC] = self.ef21 and bool(cfg.downlink_k)
         self.P = P
+        self.set_round(0)
         self.cs = compressor.scratch(workers)
         self.clock = table(mpi=False)
 
     def uses_index(self, shard: ShardData) -> bool:
         """The incremental top-k index (mpimem.topk_index) when a round changes only the rows'
-        nonzeros and the last selection of the memory: CSR rows, memory, server-side L2."""
+        nonzeros and the last selection of the memory: CSR rows, memory, server-side L2, a
+        fixed k, Mem-SGD (EF21 compresses grad - h_w, which changes wherever h_w is nonzero)."""
         return (isinstance(self.comp, TopK) and not shard.dense and self.memory
-                and self.l2_on_server)
+                and self.l2_on_server and not self.k_schedule and not self.ef21)
+
+    # ---------------------------------------------------------------- the k warm-up
+    def epoch_start(self, e: int) -> int:
+        """The first round of epoch e: the smallest r with r W b >= e n."""
+        return -(-e * self.n // (self.workers * self.b))
+
+    def k_at(self, r: int) -> int:
+        """k of round r: the warm-up's k of its epoch (r W b) // n, else the target k."""
+        e = r * self.workers * self.b // self.n if self.k_schedule else 0
+        return self.k_schedule[e] if e < len(self.k_schedule) else self.cfg.k
+
+    def set_round(self, r: int) -> None:
+        """P's k for the rounds from r to the next warm-up epoch (a no-op without one)."""
+        if self.k_schedule:
+            self.P[step.P_K] = self.k_at(r)
+
+    def next_k_change(self, r: int) -> int:
+        """The first round after r at which k changes (None: never)."""
+        starts = [self.epoch_start(e) for e in range(1, len(self.k_schedule) + 1)]
+        return next((s for s in starts if s > r), None)
+
+    def new_replica(self) -> Replica:
+        """A replica of the iterate, with EF21's G on every rank that applies it."""
+        return Replica(self.d, gradient=self.ef21)
+
+    def new_worker(self, worker: int, shard: ShardData) -> WorkerState:
+        return WorkerState(worker, shard, self.d, self.b, self.cfg.seed, self.comp,
+                           self.uses_index(shard), self.ef21)
 
     def eta(self, r):
         return self.schedule.eta(r * self.b)
@@ -168,6 +224,8 @@ class RoundRule:
         coordinates alone); plain SGD when its message is dense (every coordinate changes:
         dense rows, or the L2 term on the worker)."""
         name = self.comp.name
+        if self.k_schedule:
+            return -1
         every_coordinate = dense_data or not self.l2_on_server
         if name in ("qsgd", "ternary", "sign", "rand_k") or (
                 name in ("top_k", "none") and every_coordinate) or (
@@ -202,10 +260,11 @@ class RoundRule:
         else:
             X = sp.csr_matrix((np.ones(b, dtype), np.arange(b) % d, np.arange(b + 1)), shape=(b, d))
         shard = ShardData(X, np.ones(b))
-        ws = WorkerState(1, shard, d, b, 0, self.comp, self.uses_index(shard))
-        replica, averager = Replica(d), Averager(d)
+        ws = self.new_worker(1, shard)
+        replica, averager = self.new_replica(), Averager(d)
         nbytes = self.worker_step(ws, shard, replica, 0)
-        self.apply(replica, self.aggregate(self.make_aggregator(), [ws.msg[:nbytes]], 0), 0, averager)
+        payload = self.aggregate(self.make_aggregator(), [ws.msg[:nbytes]], 0, replica)
+        self.apply(replica, payload, 0, averager)
 
     # ---------------------------------------------------------------- the steps (mpimem.step)
     def worker_step(self, ws: WorkerState, shard: ShardData, replica: Replica, r: int) -> int:
@@ -213,11 +272,13 @@ class RoundRule:
         return step.worker_step(self.P, shard.arrays, ws.arrays, self.cs, replica.z,
                                 replica.scale, ws.worker, r, self.eta(r), self.clock)
 
-    def aggregate(self, agg: Aggregator, messages, r: int) -> np.ndarray:
-        """U = (1/W) sum_w u_w from the W messages (worker order); returns the downlink payload."""
+    def aggregate(self, agg: Aggregator, messages, r: int, replica: Replica) -> np.ndarray:
+        """U = (1/W) sum_w u_w from the W messages (worker order); returns the downlink payload
+        (EF21-BC: D, updating the server replica's G)."""
         for w, msg in enumerate(messages, start=1):
             step.agg_add(self.P, agg.arrays, self.cs, msg, msg.size, w, r)
-        return agg.finish()
+        n = step.round_finish(self.P, agg.arrays, replica.g, float(self.workers), r)
+        return agg.out[:n]
 
     def run_local(self, ws: WorkerState, shard: ShardData, replica: Replica, agg: Aggregator,
                   averager: Averager, r0: int, r1: int) -> float:
@@ -225,13 +286,13 @@ class RoundRule:
         (mpimem.segments.local_segment); returns the server's aggregate + apply seconds."""
         server = np.zeros(1)
         local_segment(self.P, self.clock, shard.arrays, ws.arrays, self.cs, agg.arrays, replica.z,
-                      replica.scale, averager_arrays(averager), averager is not None, ws.worker,
+                      replica.scale, replica.g, averager_arrays(averager), averager is not None, ws.worker,
                       r0, r1, server)
         return float(server[0])
 
     def apply(self, replica: Replica, payload: np.ndarray, r: int, averager: Averager = None):
         """x_{r+1} = factor x_r - U on a replica; the server also counts w_r x_r into xbar."""
-        step.server_apply(self.P, replica.z, replica.scale, payload, payload.size,
+        step.server_apply(self.P, replica.z, replica.scale, replica.g, payload, payload.size,
                           averager_arrays(averager), averager is not None, r)
 
 

@@ -13,7 +13,8 @@ excluded), R / S overall; ETA = (rounds - R) S / R seconds after the last point 
 
 The settings line says what ran: the compressor with k (top_k/rand_k) or the QSGD levels s and
 the bits per entry as sent (1 sign bit + ceil(log2(s+1)) level bits, mpimem.compressors), the
-error memory as it ran (never with compressor none), where the L2 term acts, the step schedule,
+k warm-up when set (epochs and the k of each), the error memory as it ran (never with
+compressor none) or "method ef21" (EF21-BC with downlink-k), where the L2 term acts, the step schedule,
 gamma and shift a (in samples), the averaging, mode, topology, downlink-k when set, the batch size b and the
 number of workers W. The per-rank timing table has a server row only where there is a server
 (topology allgather has none: rank r is worker r+1).
@@ -164,8 +165,13 @@ def operator_text(cfg: dict, d) -> str:
 def settings_text(cfg: dict, a: dict) -> str:
     """The settings line (module docstring)."""
     memory = memory_ran(cfg)
-    parts = [operator_text(cfg, a.get("d")),
-             "memory " + ("?" if memory is None else "on" if memory else "off"),
+    parts = [operator_text(cfg, a.get("d"))]
+    if cfg.get("k_warmup"):
+        ks = a.get("k_schedule", "?")
+        ks = ks.decode() if isinstance(ks, bytes) else ks
+        parts.append(f"k warm-up {cfg['k_warmup']} epochs (k {ks})")
+    parts += ["method ef21" if cfg.get("method") == "ef21" else
+              "memory " + ("?" if memory is None else "on" if memory else "off"),
              f"l2 {fmt(cfg.get('l2'))}",
              f"schedule {fmt(cfg.get('schedule'))} gamma={fmt(cfg.get('gamma'), 'g')} "
              f"a={fmt(cfg.get('shift'), 'g')} samples",

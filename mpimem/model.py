@@ -38,13 +38,16 @@ from . import step
 
 class Replica:
     """One copy of the iterate: x = s * z. Every worker and the server hold one, bit-identical.
-    s lives in a one-element array (`scale`) so that compiled loops update it in place."""
+    s lives in a one-element array (`scale`) so that compiled loops update it in place.
+    g: EF21's aggregate gradient estimate G (docs/spec.md "EF21"), replicated like x (for
+    EF21-BC only the server's is used); empty for Mem-SGD."""
 
-    __slots__ = ("z", "scale")
+    __slots__ = ("z", "scale", "g")
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, gradient: bool = False):
         self.z = np.zeros(d)
         self.scale = np.ones(1)
+        self.g = np.zeros(d if gradient else 0)
 
     @property
     def s(self) -> float:

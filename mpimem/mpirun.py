@@ -10,6 +10,7 @@ shard at its replica of x and at xbar; Reduce to rank 0, which records and print
 Set-up runs on every rank and is agreed collectively before any work: if any rank finds a
 problem, rank 0 prints that one line and every rank exits with status 2.
 """
+import json
 import os
 import socket
 import subprocess
@@ -19,13 +20,12 @@ import time
 import numpy as np
 
 from . import __version__
-from .compressors import make_compressor
 from .config import resolve, row_norm_sum, scale_note
-from .engine import (TIMING_COLUMNS, RoundRule, ShardData, WorkerState, eval_rounds,
+from .engine import (TIMING_COLUMNS, RoundRule, ShardData, compressor_for, eval_rounds,
                      make_averager, total_rounds, xbar_of)
 from .errors import MpimemError, at_abort, fault_point, report, slow_worker_delay
 from .metrics import eval_point, negative_gap, shard_sums
-from .model import NO_AVERAGER, Replica, averager_arrays
+from .model import NO_AVERAGER, averager_arrays
 from .mpicall import table
 from .segments import allgather_segment, server_segment, worker_segment
 from .runfile import RunWriter, check_run_path, new_run_id
@@ -93,13 +93,13 @@ class Run:
         self.n, self.d = self.meta.n, self.meta.d
         self.cfg = resolve(cfg, self.n, self.d, self.workers)
         self.fstar = self.meta.fstar_for(self.cfg.lam)
-        self.comp = make_compressor(cfg.compressor, self.d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
-        self.rule = RoundRule(self.cfg, self.d, self.workers, self.comp)
+        self.comp = compressor_for(self.cfg, self.d)
+        self.rule = RoundRule(self.cfg, self.d, self.workers, self.comp, self.n)
         fault_point("warm-up", self.rank)
         self.rule.warm_up(self.meta.storage == "dense", np.dtype(self.meta.dtype))
         self.rounds = total_rounds(self.cfg, self.n, self.workers)
         self.evals = eval_rounds(self.cfg, self.n, self.workers, self.rounds)
-        self.replica = Replica(self.d)
+        self.replica = self.rule.new_replica()
         self.timing = np.zeros(len(TIMING_COLUMNS))
         self.down = np.zeros(8 + 4 * self.d, np.uint8)   # a worker's downlink message
         self.fixed = self.rule.fixed_downlink_bytes(self.meta.storage == "dense")
@@ -128,37 +128,42 @@ class Run:
         if self.worker_id:
             shard = read_shard(cfg.data, self.worker_id - 1, self.workers)
             self.shard = ShardData(shard.X, shard.y)
-            self.ws = WorkerState(self.worker_id, self.shard, self.d, self.cfg.batch_size,
-                                  self.cfg.seed, self.comp, self.rule.uses_index(self.shard))
+            self.ws = self.rule.new_worker(self.worker_id, self.shard)
         if self.cfg.mode == "sync":
             self.segment(0, 0)   # loads the compiled segment (no round, no message)
 
     # ------------------------------------------------------------------ rounds
     def segment(self, r0, r1):
         """Rounds r0 .. r1-1 (or fewer: mpimem.segments) in compiled code; the next round."""
+        self.rule.set_round(r0)
         if self.peer:
             own, sizes, recv, counts, displs = self.exchange
             slot = own if self.fixed_up < 0 else own[: 8 + -(-self.fixed_up // 8) * 8]
             return allgather_segment(self.rule.P, self.mpi, self.shard.arrays, self.ws.arrays,
                                      self.rule.cs, self.agg.arrays, self.replica.z,
-                                     self.replica.scale, averager_arrays(self.averager),
+                                     self.replica.scale, self.replica.g,
+                                     averager_arrays(self.averager),
                                      self.averager is not None, slot, self.fixed_up, sizes,
                                      recv, counts, displs, self.worker_id, r0, r1,
                                      self.segment_seconds, self.delay)
         if self.rank == 0:
             return server_segment(self.rule.P, self.mpi, self.agg.arrays, self.rule.cs,
                                   self.inbox, self.sizes, self.replica.z, self.replica.scale,
-                                  averager_arrays(self.averager), self.averager is not None,
+                                  self.replica.g, averager_arrays(self.averager), self.averager is not None,
                                   self.agg.message, self.fixed, self.hdr, self.timing, r0, r1,
                                   self.segment_seconds)
         return worker_segment(self.rule.P, self.mpi, self.shard.arrays, self.ws.arrays,
-                              self.rule.cs, self.replica.z, self.replica.scale, self.down,
+                              self.rule.cs, self.replica.z, self.replica.scale, self.replica.g,
+                              self.down,
                               self.fixed, self.hdr, NO_AVERAGER, self.worker_id, r0, r1)
 
     def next_event(self, r):
         """The first round after r at which Python must act: an evaluation point, a checkpoint
-        due by round count, or the end (the same on every rank)."""
+        due by round count, a change of k (--k-warmup), or the end (the same on every rank)."""
         nxt = min([e for e in self.evals if e > r] + [self.rounds])
+        change = self.rule.next_k_change(r)
+        if change is not None:
+            nxt = min(nxt, change)
         every = self.ck.every_rounds if self.ck.enabled else None
         if every:
             nxt = min(nxt, (r // every + 1) * every)
@@ -308,6 +313,8 @@ class Run:
             "fstar": self.fstar if self.fstar is not None else float("nan"),
             "rounds": self.rounds,
             "compressor": self.comp.name,
+            "method": self.cfg.method,
+            "k_schedule": json.dumps(self.rule.k_schedule),
         }
 
 

@@ -6,34 +6,59 @@ baseline of the speed benchmark (bench/bench_train.py): per sample it does what 
 published numpy code does, O(d) dense float64 work.
 
 W workers, worker w with its own memory m^w and shard (X^w, y^w); x_0 = 0, m^w_0 = 0; round r,
-schedule clock t = r b (b samples per worker and round):
+schedule clock t = r b (b samples per worker and round), eta = eta_t:
 
   1. worker w:  rows = next b rows of its epoch permutation of the shard
-  1.1           v^w = m^w + eta_t sum_{i in rows} grad f_i(x_r),
+  1.1           v^w = m^w + eta sum_{i in rows} grad f_i(x_r),
                 grad f_i(x) = -y_i sigma(-y_i a_i^T x) a_i + lam x      (paper-exact L2 placement)
-  1.2           u^w = comp(v^w);  m^w := v^w - u^w  (without memory: m^w := 0)
+  1.2           u^w = comp_r(v^w);  m^w := v^w - u^w  (without memory: m^w := 0)
   2. server:    U = float32( (sum_{w=1..W} u^w) / W ), the sum in float64 in worker order
   3. everyone:  x_{r+1} = x_r - U;   xbar accumulates w_t x_r (before the update), kept directly:
                 xbar_R = sum_{r<R} w_{rb} x_r / sum_{r<R} w_{rb}
 
+With a top-K downlink (downlink_k = K), the server keeps a memory e (e_0 = 0) and sends D:
+  2'. server:   e := e + (sum_w u^w) / W   (float64: U is not rounded to float32 first)
+                D = float32(e) on the K largest |e_i| (ties: smaller index), 0 elsewhere;
+                e := e - D
+  3'. everyone: x_{r+1} = x_r - D
+
+EF21 (method "ef21"; Richtarik, Sokolov, Fatkhullin 2021): worker w keeps h^w (h^w_0 = 0) in
+place of m^w, every replica keeps G (G_0 = 0), the sum of the server's P: (1/W) sum_w h^w but
+for P's float32 rounding (none with W = 1), which G keeps:
+  1.1           g^w = sum_{i in rows} grad f_i(x_r)          (b lam x_r included, as above)
+  1.2           c^w = comp_r(g^w - h^w);  h^w := h^w + c^w
+  2. server:    P = float32( (sum_w c^w) / W ), the sum in float64 in worker order
+  3. everyone:  G := G + P;  x_{r+1} = x_r - eta G
+EF21-BC (method "ef21" with downlink_k = K): G and a memory e (e_0 = 0) on the server only,
+  2'. server:   G := G + P;  e := e + eta G;  D = float32(e) on the K largest |e_i|, 0
+                elsewhere;  e := e - D
+  3'. everyone: x_{r+1} = x_r - D
+
+Sparsity warm-up (k_warmup = E epochs, top_k and rand_k): round r lies in epoch
+e = (r W b) // n (n the total rows of all shards), and comp_r keeps
+  k_r = max(k, min(d, round(d (k / d) ** (e / E))))  for e < E,  k_r = k  after,
+(Python's round, the float expression as written); the shift a stays that of the target k.
+
 mpimem's wire format is part of the operator, so it is modelled here, honestly:
   none     u = float32(v)                                  (memory meaningless: kept at 0)
-  top_k    u_i = float32(v_i) on the k largest |v_i| (ties: smaller index), 0 elsewhere
-  rand_k   u_i = float32(v_i) on k indices uniform without replacement, 0 elsewhere
+  top_k    u_i = float32(v_i) on the k_r largest |v_i| (ties: smaller index), 0 elsewhere
+  rand_k   u_i = float32(v_i) on k_r indices uniform without replacement, 0 elsewhere
   qsgd     u_i = sign(v_i) (scale l_i) / s,  scale = float32up(||v||_2) / divisor, l_i the
            stochastically rounded level of s |v_i| / float32up(||v||_2) (SPEC "QSGD with s
-           levels"); divisor = 1 + beta, beta = min(d/s^2, sqrt(d)/s) with memory, 1 without;
-           float32up rounds the norm up to float32 (the value sent)
+           levels"); divisor = 1 + beta, beta = min(d/s^2, sqrt(d)/s) with memory (and always
+           under EF21), 1 without; float32up rounds the norm up to float32 (the value sent)
   ternary  qsgd with s = 1
   sign     u_i = scale sign(v_i), sign(0) = +1, scale = float32(||v||_1 / d)
-so with memory the float32 rounding residual v - u stays in m (m := v - u exactly).
+so with memory the float32 rounding residual v - u stays in m (m := v - u exactly), and under
+EF21 h moves by the float32 values sent.
 
 The random streams are mpimem's, re-implemented from their definitions so that the same seed
 gives the same trajectory: xoshiro256** seeded by splitmix64 from (seed, owner, purpose);
 the sampler shuffles its shard's rows 0..n_w-1 by Fisher-Yates at start and at every epoch end;
 rand-k draws worker w's round-r indices by Floyd's algorithm from a per-round splitmix64
 expansion of the (seed, w, RAND_K) stream; the quantisers draw one uniform per coordinate.
-Not modelled: the top-K downlink with a server memory (--downlink-k) and --mode async.
+Not modelled: --mode async, and the L2 term on the server (--l2 server; the same algorithm
+only when lam = 0).
 """
 import math
 from dataclasses import dataclass, fields
@@ -153,11 +178,21 @@ class Settings:
     averaging: str = "quadratic"  # quadratic, uniform, none
     lam: float = 0.0
     seed: int = 0
+    method: str = "memsgd"        # memsgd (Algorithm 1) or ef21
+    downlink_k: int = None        # K of the top-K downlink with a server memory (None: off)
+    k_warmup: int = 0             # epochs of sparsity warm-up (top_k, rand_k)
 
     @classmethod
     def from_config(cls, cfg) -> "Settings":
         """The same-named fields of a resolved configuration object (mpimem's TrainConfig)."""
         return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+    def k_at(self, r: int, n: int, workers: int, d: int) -> int:
+        """k_r of round r (module docstring, sparsity warm-up): epoch e = (r W b) // n."""
+        if self.compressor not in ("top_k", "rand_k") or not self.k_warmup:
+            return self.k
+        e = (r * workers * self.batch_size) // n
+        return k_warmup_value(self.k, d, e, self.k_warmup)
 
     def eta(self, t: float) -> float:
         """decay: gamma / (lam (t + a));  bottou: gamma / (1 + gamma lam t);  constant: gamma."""
@@ -170,6 +205,19 @@ class Settings:
     def weight(self, t: float) -> float:
         """quadratic: (a + t)^2; otherwise 1."""
         return (self.shift + t) ** 2 if self.averaging == "quadratic" else 1.0
+
+
+def k_warmup_value(k: int, d: int, e: int, epochs: int) -> int:
+    """k in epoch e of a warm-up of E = `epochs` epochs: max(k, min(d, round(d (k/d)^(e/E))))
+    for e < E, then k."""
+    if e >= epochs:
+        return k
+    return max(k, min(d, round(d * (k / d) ** (e / epochs))))
+
+
+def k_schedule(k: int, d: int, epochs: int) -> list:
+    """The k of each warm-up epoch 0..epochs-1 (mpimem stores it as RUN.h5 attrs k_schedule)."""
+    return [k_warmup_value(k, d, e, epochs) for e in range(epochs)]
 
 
 # ---------------------------------------------------------------- compression operators
@@ -246,11 +294,11 @@ def quantiser_divisor(d: int, s: int, memory: bool) -> float:
 
 # ---------------------------------------------------------------- Algorithm 1
 class Worker:
-    """Worker w's state: its shard, memory m^w, sampler and random streams."""
+    """Worker w's state: its shard, memory m^w (EF21: h^w), sampler and random streams."""
 
     def __init__(self, w: int, X, y, d: int, seed: int):
         self.w, self.X, self.y = w, X, np.asarray(y, dtype=np.float64)
-        self.m = np.zeros(d)
+        self.m = np.zeros(d)          # Mem-SGD's m^w, or EF21's h^w
         self.sampler = Sampler(self.y.size, Xoshiro.keyed(seed, w, SAMPLING))
         self.quant = Xoshiro.keyed(seed, w, QUANTISE)
         self.randk = Xoshiro.keyed(seed, w, RAND_K)
@@ -260,10 +308,16 @@ class Reference:
     """W synchronous workers and a server running Algorithm 1 (see the module docstring)."""
 
     def __init__(self, settings: Settings, shards, d: int):
+        if settings.method not in ("memsgd", "ef21"):
+            raise ValueError(f"unknown method {settings.method!r}")
         self.cfg, self.d = settings, d
         self.workers = [Worker(w, X, y, d, settings.seed) for w, (X, y) in enumerate(shards, 1)]
+        self.n = sum(wk.y.size for wk in self.workers)
+        self.ef21 = settings.method == "ef21"
         self.memory = settings.memory and settings.compressor != "none"
         self.x = np.zeros(d)
+        self.G = np.zeros(d)          # EF21: the aggregate (1/W) sum_w h^w as sent
+        self.e = np.zeros(d)          # the server's downlink memory (downlink_k)
         self.xsum = np.zeros(d)
         self.wsum = 0.0
         self.rounds = 0
@@ -276,7 +330,11 @@ class Reference:
 
     @property
     def memories(self):
+        """Every worker's m^w (EF21: h^w), one row per worker."""
         return np.array([wk.m for wk in self.workers])
+
+    def k_at(self, r: int) -> int:
+        return self.cfg.k_at(r, self.n, len(self.workers), self.d)
 
     def gradient_sum(self, wk: Worker, rows):
         """sum_{i in rows} grad f_i(x) = sum_i -y_i sigma(-y_i a_i^T x) a_i + b lam x; dense rows
@@ -294,8 +352,8 @@ class Reference:
         return g
 
     def compress(self, wk: Worker, v, r: int):
-        """u = comp(v) for worker wk in round r, the values as sent (module docstring table)."""
-        name, k = self.cfg.compressor, self.cfg.k
+        """u = comp_r(v) for worker wk in round r, the values as sent (module docstring table)."""
+        name, k = self.cfg.compressor, self.k_at(r)
         if name == "none":
             return _f32(v)
         if name == "top_k":
@@ -305,29 +363,52 @@ class Reference:
         if name == "sign":
             return scaled_sign(v)
         s = 1 if name == "ternary" else self.cfg.levels
-        return quantise(v, s, quantiser_divisor(self.d, s, self.cfg.memory), wk.quant)
+        divisor = quantiser_divisor(self.d, s, self.cfg.memory or self.ef21)
+        return quantise(v, s, divisor, wk.quant)
+
+    def downlink(self, add):
+        """Steps 2'-3' (downlink_k = K): e += add; D = top-K(e) as sent; e -= D; x -= D."""
+        self.e += add
+        D = _sparse(self.e, top_k_indices(self.e, self.cfg.downlink_k))
+        self.e -= D
+        self.x -= D
 
     def round(self):
-        """One round r: steps 1-3 of the module docstring."""
+        """One round r: steps 1-3 of the module docstring (Mem-SGD or EF21, downlink or not)."""
         cfg, r = self.cfg, self.rounds
         t = r * cfg.batch_size
         eta = cfg.eta(t)
         sent = []
         for wk in self.workers:                                       # 1.
+            g = self.gradient_sum(wk, wk.sampler.take(cfg.batch_size))
+            if self.ef21:                                             # 1.1-1.2 (EF21)
+                c = self.compress(wk, g - wk.m, r)
+                wk.m += c
+                sent.append(c)
+                continue
             v = wk.m                                                  # 1.1 (v in place of m)
-            v += eta * self.gradient_sum(wk, wk.sampler.take(cfg.batch_size))
+            v += eta * g
             u = self.compress(wk, v, r)                               # 1.2
             if self.memory:
                 v -= u
             else:
                 v[:] = 0.0
             sent.append(u)
-        U = _f32(sum(sent) / len(sent))                               # 2. (0 + u_1 + u_2 ...)
-        if cfg.averaging != "none":                                   # 3.
+        mean = sum(sent) / len(sent)                                  # 2. (0 + u_1 + u_2 ...)
+        if cfg.averaging != "none":                                   # 3. (w_t x_r first)
             w = cfg.weight(t)
             self.xsum += w * self.x
             self.wsum += w
-        self.x -= U
+        if self.ef21:
+            self.G += _f32(mean)                                      # G += P
+            if cfg.downlink_k:
+                self.downlink(eta * self.G)                           # EF21-BC: 2'-3'
+            else:
+                self.x -= eta * self.G
+        elif cfg.downlink_k:
+            self.downlink(mean)                                       # 2'-3', unrounded mean
+        else:
+            self.x -= _f32(mean)
         self.rounds += 1
 
     def run(self, rounds: int) -> "Reference":

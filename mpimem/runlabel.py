@@ -4,7 +4,8 @@ and analysis/figures.py).
 
 A label names what went over the wire: the compressor with its k, or QSGD's levels s and the
 bits per entry it packed; memory on or off (no memory word for plain SGD, which sends x
-uncompressed); and, when not the default, the mode, topology, downlink top-K and L2 placement.
+uncompressed), or "EF21" / "EF21-BC" for --method ef21 (its state is not an optional memory);
+and, when not the default, the k warm-up, mode, topology, downlink top-K and L2 placement.
 """
 import json
 import math
@@ -56,11 +57,15 @@ def compressor_label(cfg: dict, d: int) -> str:
 
 
 def run_label(cfg: dict, d: int) -> str:
-    """What a run sent: the operator, memory on/off (not for SGD), then the non-default mode,
-    topology, downlink top-K and L2 placement, comma-separated."""
+    """What a run sent: the operator, memory on/off (not for SGD) or EF21 / EF21-BC, then the
+    non-default k warm-up, mode, topology, downlink top-K and L2 placement, comma-separated."""
     parts = [compressor_label(cfg, d)]
-    if cfg.get("compressor") != "none":
+    if cfg.get("method", "memsgd") == "ef21":
+        parts.append("EF21-BC" if cfg.get("downlink_k") else "EF21")
+    elif cfg.get("compressor") != "none":
         parts.append("memory" if cfg.get("memory", True) else "no memory")
+    if cfg.get("k_warmup"):
+        parts.append(f"k warm-up {cfg['k_warmup']} epochs")
     for key, default in DEFAULTS.items():
         value = cfg.get(key, default)
         if value != default:

@@ -93,8 +93,8 @@ def _receive_downlink(mpi, message, fixed, hdr):
 
 
 @njit(cache=CACHE)
-def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, message, fixed, hdr,
-                   timing, r0, r1, budget):
+def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, G, avg, track, message, fixed,
+                   hdr, timing, r0, r1, budget):
     """Rank 0 of the sync server for rounds r0 .. r1-1; returns the next round to run.
     message: the aggregator's downlink buffer (8-byte header, then agg's out)."""
     workers = np.int64(P[step.P_WORKERS])
@@ -109,12 +109,12 @@ def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, message,
         t1 = now(mpi)
         for w in range(1, workers + 1):
             step.agg_add(P, agg, cs, inbox[w - 1], sizes[w - 1], w, r)
-        n = step.agg_finish(agg, np.float64(workers))
+        n = step.round_finish(P, agg, G, np.float64(workers), r)
         t2 = now(mpi)
         stop = r + 1 < r1 and t2 - started >= budget
         _send_downlink(mpi, message, n, fixed, stop, hdr)
         t3 = now(mpi)
-        step.server_apply(P, z, scale, out, n, avg, track, r)
+        step.server_apply(P, z, scale, G, out, n, avg, track, r)
         _account(timing, (t2 - t1) + (now(mpi) - t3), t3 - t2, t1 - t0)
         if stop:
             return r + 1
@@ -122,7 +122,8 @@ def server_segment(P, mpi, agg, cs, inbox, sizes, z, scale, avg, track, message,
 
 
 @njit(cache=CACHE)
-def worker_segment(P, mpi, shard, ws, cs, z, scale, message, fixed, hdr, noavg, worker, r0, r1):
+def worker_segment(P, mpi, shard, ws, cs, z, scale, G, message, fixed, hdr, noavg, worker, r0,
+                   r1):
     """Worker `worker` of the sync server for rounds r0 .. r1-1; returns the next round.
     message: 8 + 4 d bytes for the downlink (header, payload)."""
     msg, counters, timing = ws[step.W_MSG], ws[step.W_COUNTERS], ws[step.W_TIMING]
@@ -136,7 +137,7 @@ def worker_segment(P, mpi, shard, ws, cs, z, scale, message, fixed, hdr, noavg, 
         n, stop = _receive_downlink(mpi, message, fixed, hdr)
         t2 = now(mpi)
         counters[step.C_DOWN] += 8 + n
-        step.apply_payload(z, scale, step.factor_of(P, eta), payload, n, noavg, False)
+        step.replica_apply(P, z, scale, G, payload, n, noavg, False, eta, step.factor_of(P, eta))
         _account(timing, now(mpi) - t2, t1 - t0, t2 - t1)
         if stop:
             return r + 1
@@ -176,7 +177,7 @@ def _exchange_sizes(mpi, slot, fixed, msg, nbytes, ask, sizes, recv, counts, dis
 
 
 @njit(cache=CACHE)
-def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, slot, fixed, sizes,
+def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, G, avg, track, slot, fixed, sizes,
                       recv, counts, displs, worker, r0, r1, budget, delay):
     """Every rank of `--topology allgather` for rounds r0 .. r1-1 (module docstring); fixed:
     the message size when it is the same every round (RoundRule.fixed_message_bytes: then one
@@ -201,8 +202,8 @@ def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, slot, fi
         for w in range(workers):
             lo = np.int64(displs[w])
             step.agg_add(P, agg, cs, recv[lo: lo + counts[w]], np.int64(counts[w]), w + 1, r)
-        n = step.agg_finish(agg, np.float64(workers))
-        step.server_apply(P, z, scale, out, n, avg, track, r)
+        n = step.round_finish(P, agg, G, np.float64(workers), r)
+        step.server_apply(P, z, scale, G, out, n, avg, track, r)
         counters[step.C_DOWN] += received - nbytes + 8 * (workers - 1)
         _account(timing, now(mpi) - t2, t2 - t1, t1 - t0)
         if stop:
@@ -211,7 +212,8 @@ def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, avg, track, slot, fi
 
 
 @njit(cache=CACHE)
-def local_segment(P, clk, shard, ws, cs, agg, z, scale, avg, track, worker, r0, r1, server_time):
+def local_segment(P, clk, shard, ws, cs, agg, z, scale, G, avg, track, worker, r0, r1,
+                  server_time):
     """One worker and the server in one process, no MPI, rounds r0 .. r1-1: the same steps
     as the sync server's round (the downlink is applied once, on the server's replica, which
     the worker shares). For the benchmarks and the cost model (analysis/costmodel.py): the
@@ -224,8 +226,8 @@ def local_segment(P, clk, shard, ws, cs, agg, z, scale, avg, track, worker, r0, 
         nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, clk)
         t0 = now(clk)
         step.agg_add(P, agg, cs, msg, nbytes, worker, r)
-        n = step.agg_finish(agg, 1.0)
-        step.server_apply(P, z, scale, out, n, avg, track, r)
+        n = step.round_finish(P, agg, G, 1.0, r)
+        step.server_apply(P, z, scale, G, out, n, avg, track, r)
         counters[step.C_DOWN] += 8 + n
         server_time[0] += now(clk) - t0
     return r1

@@ -3,7 +3,7 @@
 Everything of rank 0 that the trajectory depends on, so that a checkpoint (mpimem.checkpoint)
 saves it and a resumed run continues bit for bit:
 
-  replica      x = s z (mpimem.model.Replica)
+  replica      x = s z (mpimem.model.Replica), and EF21's G (saved as "g" when present)
   averager     the lazy weighted average of the iterates: S, Cmark, C, wsum (None with
                --averaging none)
   downlink     the server's error memory of --downlink-k (None without it)
@@ -177,6 +177,8 @@ class ServerState:
         """Copies of every array a checkpoint saves under /server (docs/checkpoints.md)."""
         state = {"z": self.replica.z.copy(), "s": np.float64(self.replica.s),
                  "timing": self.timing.copy()}
+        if self.replica.g.size:
+            state["g"] = self.replica.g.copy()
         if self.averager is not None:
             a = self.averager
             state.update(S=a.S.copy(), Cmark=a.Cmark.copy(), C=np.float64(a.C),
@@ -194,6 +196,8 @@ class ServerState:
         """Restore from state_dict() in place; a missing or misshapen array is a ValueError."""
         _put(self.replica.z, state, "z")
         self.replica.s = float(state["s"])
+        if self.replica.g.size:
+            _put(self.replica.g, state, "g")
         _put(self.timing, state, "timing")
         if self.averager is not None:
             a = self.averager

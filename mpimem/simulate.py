@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compressors import make_compressor
-from .engine import RoundRule, ShardData, WorkerState, make_averager, total_rounds, xbar_of, eval_rounds
+from .engine import (RoundRule, ShardData, compressor_for, eval_rounds, make_averager,
+                     total_rounds, xbar_of)
 from .metrics import eval_point, shard_sums
-from .model import Replica
 
 
 @dataclass
@@ -30,11 +29,9 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
     workers = len(shards)
     data = [ShardData(X, y) for X, y in shards]
     n = sum(s.n for s in data)
-    comp = make_compressor(cfg.compressor, d, cfg.k, cfg.levels, cfg.memory, cfg.seed)
-    rule = RoundRule(cfg, d, workers, comp)
-    states = [WorkerState(w, s, d, cfg.batch_size, cfg.seed, comp, rule.uses_index(s))
-              for w, s in enumerate(data, start=1)]
-    replica = Replica(d)
+    rule = RoundRule(cfg, d, workers, compressor_for(cfg, d), n)
+    states = [rule.new_worker(w, s) for w, s in enumerate(data, start=1)]
+    replica = rule.new_replica()
     averager = make_averager(cfg, d)
     agg = rule.make_aggregator()
     rounds = total_rounds(cfg, n, workers)
@@ -45,13 +42,17 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
             x, xbar = replica.x(), xbar_of(replica, averager)
             sums = sum(shard_sums(s, x, xbar) for s in data)
             row = eval_point(sums, n, cfg.lam, x, xbar, fstar)
-            row.update(round=r, samples=r * workers * cfg.batch_size)
+            samples = r * workers * cfg.batch_size
+            row.update(round=r, samples=samples, epoch=samples / n,
+                       bytes_up=sum(ws.bytes_up for ws in states),
+                       bytes_down=sum(ws.bytes_down for ws in states))
             history.append(row)
         if r == rounds:
             break
+        rule.set_round(r)
         messages = [ws.msg[: rule.worker_step(ws, s, replica, r)].copy()
                     for ws, s in zip(states, data)]
-        payload = rule.aggregate(agg, messages, r)
+        payload = rule.aggregate(agg, messages, r, replica)
         for ws in states:
             ws.bytes_down += 8 + payload.size
         rule.apply(replica, payload, r, averager)

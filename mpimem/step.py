@@ -8,6 +8,15 @@ Round r of Algorithm 1 as distributed in docs/spec.md "Distributed setting" (clo
   agg_finish    2      U = acc / W as the downlink (or D = top-K(m_s + U) with --downlink-k)
   apply_payload 3      x_{r+1} = factor x_r - U; the server also counts w_r x_r into xbar
 
+`--method ef21` (docs/spec.md "EF21"; P[P_METHOD] = METHOD_EF21), same wire and operators:
+
+  worker_step   1'     v = sum_{i in batch} grad f_i(x_r) [+ b lam x_r] - h_w, c_w = comp(v),
+                       h_w += c_w (h_w lives in the memory slot m; v is scratch)
+  round_finish  2'     P = U as above; EF21-BC (--downlink-k K): G += P, e += eta_t G,
+                       D = top-K(e), e := e - D on the server, and D is the downlink
+  replica_apply 3'     EF21: G += P, x_{r+1} = factor x_r - eta_t G on every replica;
+                       EF21-BC: x_{r+1} = factor x_r - D
+
 Everything is numba-compiled over plain arrays grouped in tuples (cacheable, unlike jitclass):
 
   P      float64 parameters of the run (rule_params: operator, k, d, b, lam, schedule, ...)
@@ -32,6 +41,9 @@ from .mpicall import now
 OP_NONE, OP_TOP_K, OP_RAND_K, OP_QUANT, OP_SIGN = range(5)
 OP_CODES = {"none": OP_NONE, "top_k": OP_TOP_K, "rand_k": OP_RAND_K, "qsgd": OP_QUANT,
             "ternary": OP_QUANT, "sign": OP_SIGN}
+# methods: Algorithm 1 (error memory) and EF21 (gradient-estimate feedback)
+METHOD_MEMSGD, METHOD_EF21 = 0, 1
+METHOD_CODES = {"memsgd": METHOD_MEMSGD, "ef21": METHOD_EF21}
 # schedules and averaging weights (mpimem.schedule)
 SCHEDULE_CODES = {"decay": 0, "bottou": 1, "constant": 2}
 AVERAGING_CODES = {"quadratic": 0, "uniform": 1, "none": 2}
@@ -39,9 +51,10 @@ AVERAGING_CODES = {"quadratic": 0, "uniform": 1, "none": 2}
 BAND_LOW, BAND_HIGH = 0.5, 2.0
 # slots of P
 (P_OP, P_K, P_D, P_B, P_LAM, P_L2_SERVER, P_MEMORY, P_SCHEDULE, P_GAMMA, P_SHIFT, P_AVERAGING,
- P_LEVELS, P_BITS, P_DIVISOR, P_WORKERS, P_MSG_BYTES, P_SIZE) = range(17)
+ P_LEVELS, P_BITS, P_DIVISOR, P_WORKERS, P_MSG_BYTES, P_METHOD, P_BC, P_SIZE) = range(19)
+# P_BC: 1 for EF21-BC (EF21 with the --downlink-k memory), else 0
 # a worker's state tuple `ws` (mpimem.engine.WorkerState.arrays): where segments find these
-W_MSG, W_COUNTERS, W_TIMING = 8, 10, 11
+W_RNG_QUANT, W_CAND, W_MSG, W_TOPK, W_COUNTERS, W_TIMING, W_V = 4, 7, 8, 9, 10, 11, 12
 # slots of a worker's counters (int64)
 C_UP, C_DOWN, C_NCAND = range(3)
 # timing columns (mpimem.engine.TIMING_COLUMNS)
@@ -107,9 +120,11 @@ def emit_vector(m, sel, n, out):
 
 
 @njit(cache=CACHE)
-def compress(P, ws, cs, worker, r):
-    """u = comp(v) of the worker's v (in m) into its message buffer; m := v - u; bytes."""
-    m, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, topk, counters, timing = ws
+def compress(P, m, ws, cs, worker, r):
+    """u = comp(v) of the vector v held in m (Mem-SGD: the worker's memory; EF21: its scratch)
+    into the worker's message buffer; m := v - u; bytes."""
+    cand, msg, topk, counters = ws[W_CAND], ws[W_MSG], ws[W_TOPK], ws[W_COUNTERS]
+    rng_quant = ws[W_RNG_QUANT]
     sel, hkey, hidx, floyd_mark, bases = cs
     op = np.int64(P[P_OP])
     k = np.int64(P[P_K])
@@ -146,8 +161,10 @@ def compress(P, ws, cs, worker, r):
 def worker_step(P, shard, ws, cs, z, scale, worker, r, eta, clk):
     """Steps 1-1.2 of round r (message counter r; eta given: the sync clock or async's);
     the message is ws's msg[:returned bytes]. Adds gradient and compression seconds."""
+    if P[P_METHOD] == METHOD_EF21:
+        return ef21_worker_step(P, shard, ws, cs, z, scale, worker, r, clk)
     X, data, indices, indptr, y = shard
-    m, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, topk, counters, timing = ws
+    m, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, topk, counters, timing, v = ws
     t0 = now(clk)
     s = scale[0]
     K.next_batch(perm, cursor, rng_sample, rows)
@@ -161,7 +178,7 @@ def worker_step(P, shard, ws, cs, z, scale, worker, r, eta, clk):
         K.add_l2_into(m, z, s, eta * P[P_B] * P[P_LAM])
         counters[C_NCAND] = -1
     t1 = now(clk)
-    nbytes = compress(P, ws, cs, worker, r)
+    nbytes = compress(P, m, ws, cs, worker, r)
     memory = P[P_MEMORY] != 0.0
     if touched >= 0:
         for i in range(touched):
@@ -171,6 +188,36 @@ def worker_step(P, shard, ws, cs, z, scale, worker, r, eta, clk):
                 m[j] = 0.0
     if not memory and counters[C_NCAND] < 0:
         m[:] = 0.0
+    timing[T_GRADIENT] += t1 - t0
+    timing[T_COMPRESSION] += now(clk) - t1
+    counters[C_UP] += nbytes
+    return nbytes
+
+
+@njit(cache=CACHE)
+def ef21_worker_step(P, shard, ws, cs, z, scale, worker, r, clk):
+    """Step 1' of EF21 (module docstring): v = sum_{i in batch} grad f_i(x_r) [+ b lam x_r]
+    - h_w in the scratch v (O(d)), c_w = comp(v) into the message, h_w += c_w decoded from
+    the message (so h_w is exactly the sum of what was sent). Returns the message's bytes."""
+    X, data, indices, indptr, y = shard
+    h, perm, cursor, rng_sample, rng_quant, rows, mark, cand, msg, topk, counters, timing, v = ws
+    t0 = now(clk)
+    s = scale[0]
+    K.next_batch(perm, cursor, rng_sample, rows)
+    for j in range(v.size):
+        v[j] = -h[j]
+    if X.shape[0] > 0:
+        K.grad_dense_into(X, y, rows, z, s, v, 1.0)
+    else:
+        touched = K.grad_csr_into(data, indices, indptr, y, rows, z, s, v, 1.0, mark, cand, 0)
+        for i in range(touched):
+            mark[cand[i]] = 0
+    if P[P_L2_SERVER] == 0.0:
+        K.add_l2_into(v, z, s, P[P_B] * P[P_LAM])
+    counters[C_NCAND] = -1
+    t1 = now(clk)
+    nbytes = compress(P, v, ws, cs, worker, r)
+    decode_add(P, cs, msg, nbytes, worker, r, h)
     timing[T_GRADIENT] += t1 - t0
     timing[T_COMPRESSION] += now(clk) - t1
     counters[C_UP] += nbytes
@@ -210,15 +257,13 @@ def agg_add_dense(agg, vals):
 
 @njit(cache=CACHE)
 def agg_add(P, agg, cs, msg, nbytes, worker, r):
-    """Step 2 for one message: acc += u_w, decoded from its wire bytes (worker w, its round r)."""
+    """Step 2 for one message: acc += u_w, decoded from its wire bytes (worker w, its round r);
+    sparse messages keep the union of touched coordinates (agg_add_sparse)."""
     op = np.int64(P[P_OP])
-    acc = agg[0]
-    d = acc.size
+    d = agg[0].size
     if op == OP_TOP_K or (op == OP_NONE and nbytes != 4 * d):
         n = nbytes // 8
         agg_add_sparse(agg, msg[: 4 * n].view(np.int32), msg[4 * n: 8 * n].view(np.float32), n)
-    elif op == OP_NONE:
-        agg_add_dense(agg, msg[: 4 * d].view(np.float32))
     elif op == OP_RAND_K:
         sel, hkey, hidx, floyd_mark, bases = cs
         k = np.int64(P[P_K])
@@ -226,8 +271,48 @@ def agg_add(P, agg, cs, msg, nbytes, worker, r):
         agg_add_sparse(agg, sel, msg[: 4 * k].view(np.float32), k)
     else:
         agg_set_dense(agg)
+        decode_add(P, cs, msg, nbytes, worker, r, agg[0])
+
+
+@njit(cache=CACHE)
+def decode_add(P, cs, msg, nbytes, worker, r, acc):
+    """acc += u, the dense float64 vector that message msg (worker w, round r) stands for."""
+    op = np.int64(P[P_OP])
+    d = acc.size
+    if op == OP_TOP_K or (op == OP_NONE and nbytes != 4 * d):
+        n = nbytes // 8
+        idx, vals = msg[: 4 * n].view(np.int32), msg[4 * n: 8 * n].view(np.float32)
+        for i in range(n):
+            acc[idx[i]] += np.float64(vals[i])
+    elif op == OP_NONE:
+        vals = msg[: 4 * d].view(np.float32)
+        for j in range(d):
+            acc[j] += np.float64(vals[j])
+    elif op == OP_RAND_K:
+        sel, hkey, hidx, floyd_mark, bases = cs
+        k = np.int64(P[P_K])
+        K.rand_k_indices(bases[worker], r, d, k, sel, floyd_mark)
+        vals = msg[: 4 * k].view(np.float32)
+        for i in range(k):
+            acc[sel[i]] += np.float64(vals[i])
+    else:
         K.quant_decode_add(msg[:4].view(np.float32), msg[4:nbytes], np.int64(P[P_BITS]),
                            P[P_LEVELS], P[P_DIVISOR], acc)
+
+
+@njit(cache=CACHE)
+def payload_add(payload, nbytes, acc):
+    """acc += U, the downlink payload decoded by size (4 d bytes dense, else idx + vals)."""
+    d = acc.size
+    if nbytes == 4 * d:
+        vals = payload[: 4 * d].view(np.float32)
+        for j in range(d):
+            acc[j] += np.float64(vals[j])
+        return
+    n = nbytes // 8
+    idx, vals = payload[: 4 * n].view(np.int32), payload[4 * n: 8 * n].view(np.float32)
+    for i in range(n):
+        acc[idx[i]] += np.float64(vals[i])
 
 
 @njit(cache=CACHE)
@@ -236,23 +321,47 @@ def agg_finish(agg, workers):
 
     With a downlink memory m_s (--downlink-k K, dsel.size = K): D = top-K(m_s + U) is sent
     and m_s := m_s + U - D (the workers' error feedback on the server-to-worker link)."""
-    acc, mark, union, st, out, dmem, dsel, dhkey, dhidx = agg
+    dmem = agg[5]
+    if dmem.size:
+        _fold_mean(agg, workers, dmem)
+        return _emit_downlink(agg)
+    return _mean_payload(agg, workers)
+
+
+@njit(cache=CACHE)
+def _fold_mean(agg, workers, into):
+    """into += acc / workers (over the union, or every coordinate); resets the scratch."""
+    acc, mark, union, st = agg[0], agg[1], agg[2], agg[3]
+    n, dense = st[0], st[1] != 0
+    st[0] = 0
+    st[1] = 0
+    if dense:
+        for j in range(acc.size):
+            into[j] += acc[j] / workers
+            acc[j] = 0.0
+    else:
+        for t in range(n):
+            j = union[t]
+            into[j] += acc[j] / workers
+            acc[j] = 0.0
+            mark[j] = 0
+
+
+@njit(cache=CACHE)
+def _emit_downlink(agg):
+    """D = top-K(m_s) into out, m_s := m_s - D (float32 values); the payload's bytes."""
+    out, dmem, dsel, dhkey, dhidx = agg[4], agg[5], agg[6], agg[7], agg[8]
+    c = K.top_k_scan(dmem, dsel, -1, dsel.size, dsel, dhkey, dhidx)
+    return emit_vector(dmem, dsel, c, out)
+
+
+@njit(cache=CACHE)
+def _mean_payload(agg, workers):
+    """U = float32(acc / workers) into out, sparse (idx, vals) when smaller; resets the scratch."""
+    acc, mark, union, st, out = agg[0], agg[1], agg[2], agg[3], agg[4]
     n, dense, d = st[0], st[1] != 0, acc.size
     st[0] = 0
     st[1] = 0
-    if dmem.size:
-        if dense:
-            for j in range(d):
-                dmem[j] += acc[j] / workers
-                acc[j] = 0.0
-        else:
-            for t in range(n):
-                j = union[t]
-                dmem[j] += acc[j] / workers
-                acc[j] = 0.0
-                mark[j] = 0
-        c = K.top_k_scan(dmem, dsel, -1, dsel.size, dsel, dhkey, dhidx)
-        return emit_vector(dmem, dsel, c, out)
     if not dense and 8 * n < 4 * d:
         K.sparse_finish(acc, mark, union, n, workers, out[: 4 * n].view(np.int32),
                         out[4 * n: 8 * n].view(np.float32))
@@ -262,6 +371,20 @@ def agg_finish(agg, workers):
             mark[union[t]] = 0
     K.dense_finish(acc, workers, out[: 4 * d].view(np.float32))
     return 4 * d
+
+
+@njit(cache=CACHE)
+def round_finish(P, agg, G, workers, r):
+    """The downlink of round r (step 2 / 2'): agg_finish, except for EF21-BC, where the server
+    adds P = float32(mean c) to its G, then e += eta_t G and sends D = top-K(e), e := e - D."""
+    if P[P_BC] == 0.0:
+        return agg_finish(agg, workers)
+    out, dmem = agg[4], agg[5]
+    payload_add(out, _mean_payload(agg, workers), G)
+    eta = eta_of(P, r * P[P_B])
+    for j in range(G.size):
+        dmem[j] += eta * G[j]
+    return _emit_downlink(agg)
 
 
 # ---------------------------------------------------------------- step 3: everyone applies
@@ -285,9 +408,10 @@ def settle(avg, z):
 
 
 @njit(cache=CACHE)
-def apply_decoded(z, scale, factor, idx, vals, dense, avg, track):
-    """x <- factor x - U with U given as (idx, vals), or dense vals; mpimem.model explains the
-    scale band [1/2, 2] and the fold. Returns whether it folded (every z_j then changed)."""
+def apply_decoded(z, scale, factor, idx, vals, dense, avg, track, mult=1.0):
+    """x <- factor x - mult U with U given as (idx, vals), or dense vals (mult: 1, or EF21's
+    eta_t); mpimem.model explains the scale band [1/2, 2] and the fold. Returns whether it
+    folded (every z_j then changed)."""
     s_new = scale[0] * factor
     folded = not (BAND_LOW <= s_new <= BAND_HIGH)   # also 0, negative, nan, inf
     if folded:
@@ -304,14 +428,14 @@ def apply_decoded(z, scale, factor, idx, vals, dense, avg, track):
             if track:
                 S[j] += z[j] * (C - Cmark[j])
                 Cmark[j] = C
-            z[j] -= np.float64(vals[j]) / s_new
+            z[j] -= mult * np.float64(vals[j]) / s_new
     else:
         for i in range(idx.size):
             j = idx[i]
             if track:
                 S[j] += z[j] * (C - Cmark[j])
                 Cmark[j] = C
-            z[j] -= np.float64(vals[i]) / s_new
+            z[j] -= mult * np.float64(vals[i]) / s_new
     return folded
 
 
@@ -328,16 +452,28 @@ def apply_payload(z, scale, factor, payload, nbytes, avg, track):
 
 
 @njit(cache=CACHE)
-def apply_at(P, z, scale, payload, nbytes, avg, track, t, share):
+def replica_apply(P, z, scale, G, payload, nbytes, avg, track, eta, factor):
+    """Step 3 on one replica: x <- factor x - U (Mem-SGD, EF21-BC: U = D), or EF21's
+    G += U, x <- factor x - eta_t G (G: the replicated gradient estimate)."""
+    if P[P_METHOD] == METHOD_EF21 and P[P_BC] == 0.0:
+        payload_add(payload, nbytes, G)
+        return apply_decoded(z, scale, factor, payload[:0].view(np.int32), G, True, avg, track,
+                             eta)
+    return apply_payload(z, scale, factor, payload, nbytes, avg, track)
+
+
+@njit(cache=CACHE)
+def apply_at(P, z, scale, G, payload, nbytes, avg, track, t, share):
     """Step 3 on the server at schedule clock t: counts w_t x into xbar, then applies U with
     the factor of clock t (share: mpimem.step.factor_of). Returns whether it folded."""
     if track:
         add_weight(avg, scale, weight_at(np.int64(P[P_AVERAGING]), P[P_SHIFT], t))
-    return apply_payload(z, scale, factor_of(P, eta_of(P, t), share), payload, nbytes, avg,
-                         track)
+    eta = eta_of(P, t)
+    return replica_apply(P, z, scale, G, payload, nbytes, avg, track, eta,
+                         factor_of(P, eta, share))
 
 
 @njit(cache=CACHE)
-def server_apply(P, z, scale, payload, nbytes, avg, track, r):
+def server_apply(P, z, scale, G, payload, nbytes, avg, track, r):
     """Step 3 on the server for sync round r (clock t = r b)."""
-    return apply_at(P, z, scale, payload, nbytes, avg, track, r * P[P_B], 1.0)
+    return apply_at(P, z, scale, G, payload, nbytes, avg, track, r * P[P_B], 1.0)

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass
 from .config import merge
 from .errors import MpimemError, report
 
-NOT_OPTIONS = ("label", "datasets")   # keys of a method table that are not train options
+# keys of a method table that are not train options; `defaults` lists [train] settings the
+# method leaves to mpimem's defaults (e.g. EF21's own steps: schedule, gamma, shift)
+NOT_OPTIONS = ("label", "datasets", "defaults")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ def train_options(cfg: dict, method: dict, dcfg: dict, seed: int, env: dict) -> 
     study = cfg.get("study", {})
     opts = dict(cfg.get("train", {}))
     opts.update({k: v for k, v in method.items() if k not in NOT_OPTIONS})
+    for key in method.get("defaults", []):
+        opts.pop(key, None)
     opts["epochs"] = env.get("EPOCHS") or dcfg.get("epochs", 1)
     if env.get("EVAL_EVERY") or "eval_every" in study:
         opts["eval_every"] = env.get("EVAL_EVERY") or study["eval_every"]

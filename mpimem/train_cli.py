@@ -5,8 +5,8 @@ import os
 
 from . import __version__
 from .compressors import COMPRESSORS
-from .config import (ASYNC_STEPS, L2_PLACEMENTS, MODES, TOPOLOGIES, dump_toml, load_toml, merge,
-                     resolve)
+from .config import (ASYNC_STEPS, L2_PLACEMENTS, METHODS, MODES, TOPOLOGIES, dump_toml,
+                     load_toml, merge, resolve)
 from .errors import MpimemError
 from .schedule import AVERAGINGS, SCHEDULES
 
@@ -27,6 +27,11 @@ def register(sub) -> None:
     g.add_argument("--levels", type=int, help="qsgd: number of levels s (instead of --bits)")
     g.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                    help="error feedback (default on; --no-memory for the memory-less baselines)")
+    g.add_argument("--method", choices=METHODS, help="memsgd (Algorithm 1, error memory; "
+                   "default) or ef21 (EF21; EF21-BC with --downlink-k): docs/spec.md")
+    g.add_argument("--k-warmup", type=int, metavar="EPOCHS", help="top_k/rand_k: grow the "
+                   "sparsity from dense to k geometrically over the first EPOCHS epochs "
+                   "(DGC's warm-up; default 0: off)")
     g = p.add_argument_group("budget and steps")
     g.add_argument("--epochs", type=float, help="passes over the data (default 1)")
     g.add_argument("--samples", type=int, help="sample budget instead of --epochs")

@@ -21,11 +21,15 @@ CASES = [
     ("rcv", 2, dict(compressor="none", l2="server", schedule="bottou", gamma=1.0)),
     ("eps", 2, dict(compressor="sign", l2="server", schedule="constant", gamma=0.05)),
     ("eps", 3, dict(compressor="ternary", l2="worker", schedule="bottou", gamma=1.0)),
+    # EF21: every rank keeps G; the k warm-up: sizes vary by epoch (Allgather + Allgatherv)
+    ("eps", 2, dict(compressor="top_k", k=2, method="ef21")),
+    ("rcv", 3, dict(compressor="rand_k", k=10, k_warmup=1, method="memsgd")),
 ]
 
 
 @pytest.mark.parametrize("which,workers,opts", CASES,
-                         ids=[f"{c[0]}-W{c[1]}-{c[2]['compressor']}" for c in CASES])
+                         ids=[f"{c[0]}-W{c[1]}-{c[2]['compressor']}"
+                              + ("-" + c[2]["method"] if "method" in c[2] else "") for c in CASES])
 def test_allgather_equals_sync_server_simulator(which, workers, opts, eps, rcv, tmp_path):
     data = {"eps": eps, "rcv": rcv}[which]
     opts = dict(opts, epochs=1.0, seed=5)

@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from analysis.figures import Table, draw
-from analysis.load import convergence_flag, load_runs
+from analysis.figures import FIGURES, Table, curve_label, draw, line_style
+from analysis.load import Run, convergence_flag, load_runs, method_label
 from conftest import ROOT, run, run_mpi
 from mpimem.runlabel import data_label, run_label
 
@@ -35,7 +35,8 @@ def _study(tmp, study, **env):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analysis")
-    _study(tmp, "qsgd", N=400, D=20, EPOCHS=2, EVAL_EVERY=0.25, METHODS="top-1 QSGD-s256")
+    _study(tmp, "qsgd", N=400, D=20, EPOCHS=2, EVAL_EVERY=0.25,
+           METHODS="top-1 QSGD-s256 ef21-top1")
     _study(tmp, "theory", N=400, D=20, EPOCHS=1, EVAL_EVERY=0.25, DATASETS="epsilon",
            METHODS="top-1")
     _study(tmp, "scaling", N=400, D=20, EPOCHS=1, EVAL_EVERY=0.25, DATASETS="epsilon",
@@ -77,7 +78,7 @@ def test_table_matches_hdf5(results, tmp_path):
     for r in rows:
         by.setdefault((r["study"], r["method"], r["workers"]), {})[r["quantity"]] = r
     files = sorted(results.rglob("RUN.h5"))
-    assert len(files) == 5
+    assert len(files) == 6
     checked = 0
     for r in rows:
         if not r["file"]:
@@ -90,29 +91,37 @@ def test_table_matches_hdf5(results, tmp_path):
             assert v == pytest.approx(m["subopt_xbar"][-1], rel=1e-12)
         elif q == "total_MB_up":
             assert v == pytest.approx(m["bytes_up"][-1] / 1e6, rel=1e-12)
+        elif q == "total_MB_up_down":
+            assert v == pytest.approx((m["bytes_up"][-1] + m["bytes_down"][-1]) / 1e6, rel=1e-12)
+        elif q == "MB_up_down_to_target":
+            tgt = float(by[(r["study"], r["method"], r["workers"])]["target_gap_xbar"]["value"])
+            mb = (m["bytes_up"] + m["bytes_down"]) / 1e6
+            assert v == pytest.approx(_crossing(mb, m["subopt_xbar"], tgt))
         elif q == "MB_to_target":
             tgt = float(by[(r["study"], r["method"], r["workers"])]["target_loss"]["value"])
-            assert v == pytest.approx(_crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt))
+            assert v == pytest.approx(_crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt),
+                                      nan_ok=True)
         elif q == "time_to_target_s":
             tgt = float(by[(r["study"], r["method"], r["workers"])]["target_loss"]["value"])
             assert v == pytest.approx(_crossing(m["train_time"], m["loss_xbar"], tgt))
         else:
             continue
         checked += 1
-    assert checked >= 8
-    # the qsgd target is the largest best-loss over the complete runs; the ratio uses it
-    qsgd = [f for f in files if "/qsgd/" in str(f)]
-    tgt = max(np.min(_h5(f)["loss_xbar"]) for f in qsgd)
-    mb = {}
-    for f in qsgd:
-        with h5py.File(f, "r") as h:
-            comp = json.loads(h.attrs["config"])["compressor"]
-        label = "QSGD-s256" if comp == "qsgd" else "top-1"
-        m = _h5(f)
-        mb[label] = _crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt)
-    ratio = float(by[("qsgd", "QSGD-s256", "1")]["bits_ratio_vs_top-1"]["value"])
-    assert ratio == pytest.approx(mb["QSGD-s256"] / mb["top-1"])
+    assert checked >= 14
+    # the qsgd target is the largest best-loss over the complete runs other than EF21 (which
+    # does not move the paper's target); the ratios use it
+    qsgd = {json.loads((f.parent / "meta.json").read_text())["label"]: _h5(f)
+            for f in files if "/qsgd/" in str(f)}
+    assert sorted(qsgd) == ["QSGD-s256", "ef21-top1", "top-1"]
+    tgt = max(np.min(m["loss_xbar"]) for label, m in qsgd.items() if label != "ef21-top1")
+    mb = {label: _crossing(m["bytes_up"] / 1e6, m["loss_xbar"], tgt) for label, m in qsgd.items()}
+    for label in ("QSGD-s256", "ef21-top1"):   # against Mem-SGD top-1, never against EF21
+        ratio = float(by[("qsgd", label, "1")]["bits_ratio_vs_top-1"]["value"])
+        assert ratio == pytest.approx(mb[label] / mb["top-1"], nan_ok=True)
+    assert "bits_ratio_vs_top-1" not in by[("qsgd", "top-1", "1")]
     assert "QSGD s=256 (10 bits/entry), no memory / top-1:" in proc.stdout and "bits to target" in proc.stdout
+    assert ("top-1, EF21: does not reach the target" if math.isnan(mb["ef21-top1"])
+            else "top-1, EF21 / top-1:") in proc.stdout
     # speed-up of rand-10 at W=2 = T(1)/T(2) from the files
     speed = [r for r in rows if r["quantity"] == "speedup" and r["workers"] == "2"]
     t = {r["workers"]: float(r["value"]) for r in rows if r["quantity"] == "time_to_target_s"}
@@ -122,7 +131,7 @@ def test_table_matches_hdf5(results, tmp_path):
 def test_figures_are_pngs(results, tmp_path):
     out = tmp_path / "fig"
     assert _figures(results, out).returncode == 0
-    for name in ("theory.png", "qsgd.png", "scaling.png"):
+    for name in ("theory.png", "qsgd.png", "communication.png", "scaling.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG and len(data) > 10_000, name
     assert (out / "summary.md").read_text().count("|") > 20
@@ -190,12 +199,16 @@ def test_diverged_run_is_named_and_left_out(results, tmp_path):
     rows = [r for r in _rows(out) if r["study"] == "qsgd"]
     mine = [r for r in rows if r["file"] == str(bad)]
     assert [(r["quantity"], r["flag"]) for r in mine] == [("final_loss_xbar", "diverged")]
-    # the target and the ratio rest on the two runs that made progress, as before
-    good = [f for f in tree.rglob("RUN.h5") if "/qsgd/" in str(f) and f != bad]
+    # the target and the ratio rest on the two paper runs that made progress, as before
+    good = [f for f in tree.rglob("RUN.h5") if "/qsgd/" in str(f) and f != bad
+            and json.loads((f.parent / "meta.json").read_text())["label"] != "ef21-top1"]
     tgt = max(np.min(_h5(f)["loss_xbar"]) for f in good)
+    assert len(good) == 2
     assert {float(r["value"]) for r in rows if r["quantity"] == "target_loss"} == {tgt}
-    (ratio,) = [float(r["value"]) for r in rows if r["quantity"].startswith("bits_ratio")]
-    assert math.isfinite(ratio) and ratio > 0
+    ratios = {r["method"]: float(r["value"]) for r in rows
+              if r["quantity"].startswith("bits_ratio")}
+    assert sorted(ratios) == ["QSGD-s256", "ef21-top1"]
+    assert math.isfinite(ratios["QSGD-s256"]) and ratios["QSGD-s256"] > 0
     md = (out / "summary.md").read_text()
     assert f"| {bad} | qsgd | rand-2 | complete | diverged:" in md and "| DIVERGED |" in md
 
@@ -212,9 +225,10 @@ def test_convergence_flag(loss, flag):
     assert convergence_flag(loss).split(":")[0] == flag
 
 
-def _drawn(results, study):
-    runs = [r for r in load_runs(results) if r.study == study]
-    return runs, draw(study, runs, [], Table())
+def _drawn(results, name):
+    """The runs of figure `name`'s study and the figure drawn from them."""
+    runs = [r for r in load_runs(results) if r.study == FIGURES[name][0]]
+    return runs, draw(name, runs, [], Table())
 
 
 def test_figures_say_what_they_show(results):
@@ -226,9 +240,10 @@ def test_figures_say_what_they_show(results):
     assert ax.get_title().startswith("epsilon (synthetic, n=400, d=20)")
     assert ax.get_xscale() == "log"
     names = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert sorted(names) == ["QSGD s=256 (10 bits/entry), no memory", "top-1, memory"]
+    assert sorted(names) == ["QSGD s=256 (10 bits/entry), no memory", "top-1, EF21",
+                             "top-1, memory"]
     for line, name in zip(ax.get_lines(), names):
-        (r,) = [r for r in runs if run_label(r.config, 20) == name]
+        (r,) = [r for r in runs if curve_label(r) == name]
         m = _h5(r.path)
         assert m["bytes_up"][0] == 0
         assert np.array_equal(line.get_xdata(), m["bytes_up"][1:] / 1e6)
@@ -238,6 +253,52 @@ def test_figures_say_what_they_show(results):
         assert list(ax.get_xticks()) == [1, 2]
     _, fig = _drawn(results, "theory")
     assert fig.axes[0].get_title().startswith("epsilon (synthetic, n=400, d=20)")
+
+
+def test_communication_figure_mem_sgd_ef21_qsgd_against_mb_up_and_down(results):
+    """communication.png (study 2): one log-log panel, f(xbar) - f* against the MB sent both
+    ways, one curve per method; each curve is its run file's subopt_xbar against
+    (bytes_up + bytes_down) / 1e6 (the 0-MB start left out); the EF21 curve is the run whose
+    config says method "ef21", labelled "top-1, EF21" and dash-dotted."""
+    runs, fig = _drawn(results, "communication")
+    (ax,) = fig.axes
+    assert ax.get_title() == ("epsilon (synthetic, n=400, d=20):\nf(xbar) - f* against MB sent "
+                              "(up + down), Mem-SGD vs EF21 vs QSGD")
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert ax.get_ylabel() == "f(xbar) - f*"
+    by_name = dict(zip([t.get_text() for t in ax.get_legend().get_texts()], ax.get_lines()))
+    assert sorted(by_name) == ["Mem-SGD top-1, memory", "QSGD s=256 (10 bits/entry), no memory",
+                               "top-1, EF21"]
+    labels = {}
+    for name, line in by_name.items():
+        (r,) = [r for r in runs if name in (curve_label(r), f"Mem-SGD {curve_label(r)}")]
+        with h5py.File(r.path, "r") as h:
+            labels[name] = json.loads(h.attrs["config"]).get("method", "memsgd")
+            up, down = h["metrics/bytes_up"][()], h["metrics/bytes_down"][()]
+            sub = h["metrics/subopt_xbar"][()]
+        assert up[0] == down[0] == 0 and down[-1] > 0
+        assert np.array_equal(line.get_xdata(), (up[1:] + down[1:]) / 1e6)
+        assert np.array_equal(line.get_ydata(), sub[1:])
+        assert line.get_linestyle() == ("-." if name.endswith("EF21") else
+                                        "--" if name.startswith("QSGD") else "-")
+    assert labels == {"top-1, EF21": "ef21", "Mem-SGD top-1, memory": "memsgd",
+                      "QSGD s=256 (10 bits/entry), no memory": "memsgd"}
+
+
+@pytest.mark.parametrize("cfg, label, curve, style", [
+    (dict(compressor="top_k", k=1, memory=True), "top-1", "top-1, memory", "-"),
+    (dict(compressor="top_k", k=1, memory=True, method="memsgd"), "top-1", "top-1, memory", "-"),
+    (dict(compressor="top_k", k=1, memory=True, method="ef21"), "ef21-top1", "top-1, EF21", "-."),
+    (dict(compressor="rand_k", k=2, memory=True, method="ef21", downlink_k=5), "ef21-rand2",
+     "rand-2, EF21-BC, downlink top-5", "-."),
+    (dict(compressor="qsgd", levels=16, memory=False), "QSGD-s16",
+     "QSGD s=16 (6 bits/entry), no memory", "--"),
+])
+def test_method_read_from_the_config_memsgd_when_absent(cfg, label, curve, style):
+    """Run files written before `method` existed ran Mem-SGD; EF21 runs are labelled EF21 (the
+    study label ef21-top1, the curve label of mpimem.runlabel) and drawn dash-dotted."""
+    run = Run(path="x.h5", config=cfg, attrs={"d": 20})
+    assert (method_label(cfg), curve_label(run), line_style(run)) == (label, curve, style)
 
 
 def test_synthetic_known_from_the_data_file_without_meta(results, tmp_path):
@@ -260,6 +321,9 @@ def test_synthetic_known_from_the_data_file_without_meta(results, tmp_path):
           downlink_k=None, l2="server"), "rand-3, memory, mode async, l2 server"),
     (dict(compressor="top_k", k=1, memory=False, topology="allgather", downlink_k=5),
      "top-1, no memory, topology allgather, downlink top-5"),
+    (dict(compressor="top_k", k=2, memory=True, method="ef21"), "top-2, EF21"),
+    (dict(compressor="top_k", k=2, memory=True, method="ef21", downlink_k=4, k_warmup=3),
+     "top-2, EF21-BC, k warm-up 3 epochs, downlink top-4"),
 ])
 def test_run_label_says_what_was_sent(cfg, label):
     assert run_label(cfg, 20) == label

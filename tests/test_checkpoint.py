@@ -108,12 +108,18 @@ CASES = [
                 "--epochs", "1"], 100, 100),
     ("eps", 2, ["--compressor", "top_k", "--k", "3", "--downlink-k", "4", "--epochs", "2"],
      100, 200),                                                                  # server memory
+    ("eps", 2, ["--method", "ef21", "--k", "2", "--epochs", "2"], 100, 200),    # h_w and G
+    ("rcv", 2, ["--method", "ef21", "--k", "10", "--downlink-k", "8", "--epochs", "1.5"],
+     200, 400),                                                                  # EF21-BC
+    ("eps", 2, ["--compressor", "rand_k", "--k", "2", "--k-warmup", "2", "--epochs", "3"],
+     100, 200),                                                                  # k warm-up
 ]
 
 
 @pytest.mark.parametrize("which,workers,opts,every,start", CASES,
                          ids=["rcv-W2-topk-pool", "eps-W3-qsgd", "rcv-W2-randk-l2worker",
-                              "eps-W2-downlink"])
+                              "eps-W2-downlink", "eps-W2-ef21", "rcv-W2-ef21-bc",
+                              "eps-W2-warmup"])
 def test_resume_is_bit_identical(which, workers, opts, every, start, rcv, eps, tmp_path):
     data = {"rcv": rcv, "eps": eps}[which]
     ref = tmp_path / "ref.h5"

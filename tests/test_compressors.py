@@ -34,7 +34,7 @@ class FakeWorker:
         unused = np.zeros(0, np.int64)
         self.arrays = (self.m, unused, unused, unused.astype(np.uint64), self.rng_quant, unused,
                        np.zeros(0, np.uint8), self.cand, self.msg, self.topk, self.counters,
-                       np.zeros(5))
+                       np.zeros(5), np.zeros(0))
 
     @property
     def ncand(self):

@@ -242,11 +242,15 @@ def test_docs_configs_hold_one_example_per_study_method_as_generated():
                          ids=[m[3] for m in study_methods()])
 def test_each_example_config_loads_matches_its_study_method_and_resolves(name, study, method,
                                                                            file, eps):
-    """The file's settings are the study's [train] table overridden by the method's (label and
-    datasets aside), with the study's mode; `mpimem train --config FILE DATA` resolves them."""
+    """The file's settings are the study's [train] table overridden by the method's (label,
+    datasets and defaults aside), without the settings the method leaves to mpimem's defaults,
+    with the study's mode; `mpimem train --config FILE DATA` resolves them."""
     got = load_toml(str(CONFIGS / file))
     want = dict(study.get("train", {}))
-    want.update({k: v for k, v in method.items() if k not in ("label", "datasets")})
+    want.update({k: v for k, v in method.items() if k not in ("label", "datasets", "defaults")})
+    for key in method.get("defaults", []):
+        want.pop(key, None)
+        assert key not in got, key
     want["mode"] = study["study"].get("mode", "sync")
     for key, value in want.items():
         assert got[key] == value and type(got[key]) is type(value), (key, got[key], value)

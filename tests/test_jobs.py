@@ -174,7 +174,7 @@ def test_rerun_skips_complete_runs(tmp_path, data_dir):
                RUN_TIMEOUT=150, **TINY)
     count = _run(["bash", "jobs/common.sh", "count", "qsgd"], 60, env)
     assert count.stdout.strip() == "1"
-    assert _run(["bash", "jobs/common.sh", "count", "theory"], 60, _env()).stdout.strip() == "12"
+    assert _run(["bash", "jobs/common.sh", "count", "theory"], 60, _env()).stdout.strip() == "14"
     first = _run(["bash", "jobs/qsgd.sbatch"], 200, env)
     assert first.returncode == 0, first.stderr
     check_progress(tmp_path / "r" / "qsgd" / "j" / "0")

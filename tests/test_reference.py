@@ -127,24 +127,31 @@ def test_top_k_ties_go_to_the_smaller_index():
     assert sorted(top_k_indices(np.array([1.0, -3.0, 3.0, 2.0, -3.0]), 2)) == [1, 2]
 
 
+def mpi_against_reference(workers, opts, data, tmp_path):
+    """(run file, reference) after ROUNDS rounds of the same settings (`--l2 worker`, seed 11):
+    a real `mpiexec -n W+1 mpimem train` and mpimem.reference; checks the run completed."""
+    opts = dict(opts, l2="worker", seed=11, samples=ROUNDS * workers * opts.get("batch_size", 1))
+    args = []
+    for key, value in opts.items():
+        args += ["--" + key.replace("_", "-"), value]
+    out = tmp_path / "run.h5"
+    run_mpi(workers + 1, ["train", data, "--out", out, "--quiet", *args], timeout=180, check=True)
+    run = read_run(out)
+    meta = read_meta(data)
+    cfg = resolve(merge(dict(data=data, **opts)), meta.n, meta.d, workers)
+    shards = [read_shard(data, w, workers) for w in range(workers)]
+    ref = Reference(Settings.from_config(cfg), [(s.X, s.y) for s in shards], meta.d).run(ROUNDS)
+    assert run["attrs"]["status"] == "complete" and run["attrs"]["rounds"] == ROUNDS
+    return run, ref
+
+
 @pytest.mark.parametrize("workers,opts", [
     (2, dict(compressor="top_k", k=3, batch_size=4)),
     (1, dict(compressor="qsgd", levels=4)),
 ], ids=["W2-top_k-b4", "W1-qsgd"])
 def test_mpi_run_equals_reference(workers, opts, eps, tmp_path):
     """A real `mpiexec -n W+1 mpimem train --l2 worker` against the reference."""
-    opts = dict(opts, l2="worker", seed=11, samples=ROUNDS * workers * opts.get("batch_size", 1))
-    args = []
-    for key, value in opts.items():
-        args += ["--" + key.replace("_", "-"), value]
-    out = tmp_path / "run.h5"
-    run_mpi(workers + 1, ["train", eps, "--out", out, "--quiet", *args], timeout=180, check=True)
-    run = read_run(out)
-    meta = read_meta(eps)
-    cfg = resolve(merge(dict(data=eps, **opts)), meta.n, meta.d, workers)
-    shards = [read_shard(eps, w, workers) for w in range(workers)]
-    ref = Reference(Settings.from_config(cfg), [(s.X, s.y) for s in shards], meta.d).run(ROUNDS)
-    assert run["attrs"]["status"] == "complete" and run["attrs"]["rounds"] == ROUNDS
+    run, ref = mpi_against_reference(workers, opts, eps, tmp_path)
     assert_close(run["final"]["x"], ref.x, "x")
     assert_close(run["final"]["xbar"], ref.xbar, "xbar")
     assert_close(run["final"]["memory"], ref.memories, "memories")

@@ -154,7 +154,27 @@ def test_study_settings_of_the_paper(tmp_path):
         assert {r.mode for r in plan(study(name), e)} == {"async"}, name
     levels = {r.label: opts(r.args).get("--levels") for r in plan(study("qsgd"), e)}
     assert levels == {"top-1": None, "rand-1": None, "QSGD-s256": "256", "QSGD-s16": "16",
-                      "QSGD-s4": "4"}
+                      "QSGD-s4": "4", "ef21-top1": None}
+
+
+@pytest.mark.parametrize("name, datasets", [("theory", ["epsilon", "rcv1"]), ("qsgd", ["epsilon"])])
+def test_ef21_is_its_own_method_of_study_1_and_2(name, datasets, tmp_path):
+    """EF21 runs as method "ef21" with top-1 (the study's k), with the study's other settings
+    except the steps, which it leaves to mpimem's EF21 default (the method's `defaults`);
+    every other method of the study runs Mem-SGD (no --method: mpimem's default)."""
+    runs = plan(study(name), env(tmp_path))
+    ef21 = [r for r in runs if "--method" in r.args]
+    assert [(r.dataset, r.label) for r in ef21] == [(ds, "ef21-top1") for ds in datasets]
+    for r in ef21:
+        o = opts(r.args)
+        assert (o["--method"], o["--compressor"], o["--k"], o["--memory"]) == \
+            ("ef21", "top_k", "1", True)
+        (top,) = [t for t in runs if t.label == "top-1" and t.dataset == r.dataset]
+        steps = ("--schedule", "--gamma", "--shift")
+        assert not set(steps) & set(o)
+        same = {k: v for k, v in opts(top.args).items()
+                if k not in ("--compressor", "--k", *steps)}
+        assert {k: v for k, v in o.items() if k in same} == same
 
 
 @pytest.mark.parametrize("change, message", [
@@ -212,4 +232,4 @@ def test_refused_study_is_one_line_exit_2(tmp_path):
     assert proc.stderr.startswith("mpimem: error: study ") and "--mode" in proc.stderr
     ok = run([sys.executable, "-m", "mpimem.studyplan", "count", str(STUDIES / "theory.toml")],
              timeout=60, cwd=ROOT, env={"DATA_DIR": str(tmp_path)})
-    assert ok.returncode == 0 and ok.stdout == "12\n", ok.stderr
+    assert ok.returncode == 0 and ok.stdout == "14\n", ok.stderr

@@ -61,6 +61,9 @@ def refused(nranks, args, tmp_path, expect, env=None):
     (["--shift", "abc"], "--shift must be a number"),
     (["--downlink-k", "9"], "--downlink-k must satisfy 1 <= K <= d = 8"),
     (["--downlink-k", "2", "--mode", "async"], "--downlink-k (server memory) needs the synchronous server"),
+    (["--method", "ef21", "--mode", "async"], "--method ef21 needs --mode sync"),
+    (["--method", "ef21", "--no-memory"], "--no-memory is for --method memsgd"),
+    (["--k-warmup", "2", "--compressor", "qsgd"], "--k-warmup grows k: it needs --compressor top_k"),
 ])
 def test_bad_settings_are_refused(small, tmp_path, args, expect):
     refused(3, [small, *args], tmp_path, expect)

@@ -44,11 +44,24 @@ CASES = [
     ("rcv", 2, dict(compressor="sign", schedule="constant", gamma=0.05, averaging="none")),
     ("rcv", 3, dict(compressor="top_k", k=10, downlink_k=8)),  # server memory on the downlink
     ("eps", 2, dict(compressor="ternary", l2="worker", schedule="bottou", gamma=1.0)),
+    # EF21 (docs/spec.md "EF21"), EF21-BC (with --downlink-k), the k warm-up
+    ("eps", 2, dict(compressor="top_k", k=2, batch_size=2, method="ef21")),
+    ("rcv", 2, dict(compressor="rand_k", k=10, l2="server", method="ef21")),
+    ("eps", 3, dict(compressor="qsgd", bits=4, method="ef21")),
+    ("rcv", 2, dict(compressor="top_k", k=10, downlink_k=8, method="ef21")),
+    ("rcv", 2, dict(compressor="top_k", k=10, l2="server", k_warmup=1)),
+    ("eps", 2, dict(compressor="rand_k", k=3, k_warmup=1, method="ef21")),
 ]
 
 
-@pytest.mark.parametrize("which,workers,opts", CASES,
-                         ids=[f"{c[0]}-W{c[1]}-{c[2]['compressor']}" for c in CASES])
+def case_id(which, workers, opts):
+    """eps-W2-top_k, with -ef21, -bc (EF21-BC) and -warmup where they apply."""
+    tags = [opts.get("method", ""), "bc" if opts.get("method") and "downlink_k" in opts else "",
+            "warmup" if opts.get("k_warmup") else ""]
+    return "-".join([which, f"W{workers}", opts["compressor"], *filter(None, tags)])
+
+
+@pytest.mark.parametrize("which,workers,opts", CASES, ids=[case_id(*c) for c in CASES])
 def test_mpi_run_equals_simulator_bit_for_bit(which, workers, opts, eps, rcv, tmp_path):
     data = {"eps": eps, "rcv": rcv}[which]
     opts = dict(opts, epochs=1.5, seed=7)
@@ -98,6 +111,21 @@ def test_byte_counts_follow_the_wire_formula(eps, tmp_path):
     # the union of two workers' 5 indices has 5..10 entries each round
     assert 2 * rounds * (8 + 8 * 5) <= down <= 2 * rounds * (8 + 8 * 10)
     assert (down - 2 * rounds * 8) % 16 == 0
+
+
+def test_ef21_bc_byte_counts_follow_the_wire_formula(eps, tmp_path):
+    """EF21-BC (docs/spec.md): 8k bytes up per worker and round, and down the 8-byte header
+    plus D = top-K of the server's error (K int32 + float32 entries: 8K < 4d here)."""
+    out = tmp_path / "run.h5"
+    run_mpi(3, ["train", eps, "--out", out, "--quiet", "--method", "ef21", "--k", "5",
+                "--downlink-k", "4", "--samples", 600], check=True)
+    run = read_run(out)
+    rounds = run["attrs"]["rounds"]
+    assert rounds == 300 and run["attrs"]["method"] == "ef21"
+    assert run["metrics"]["bytes_up"][-1] == 2 * rounds * 8 * 5
+    assert run["metrics"]["bytes_down"][-1] == 2 * rounds * (8 + 8 * 4)
+    settings = run_cli(["info", out], check=True).stdout.splitlines()[2]
+    assert "method ef21" in settings and "downlink-k 4" in settings, settings
 
 
 def test_run_file_layout_and_info(eps, tmp_path):
