@@ -340,12 +340,13 @@ def _run_file_next_to(directory: str, ckpt: dict):
 def resume_config(ckpt_attrs: dict, cfg, explicit, ranks: int):
     """The configuration of the resumed run: the checkpoint's, plus the volatile settings given
     now. Refuses a different number of workers (the shards and memories would not match); a
-    launch of `ranks` MPI ranks has ranks - 1 workers, or `ranks` with --topology allgather."""
-    from .config import TrainConfig
+    launch of `ranks` MPI ranks has ranks - 1 workers, or `ranks` without a server
+    (mpimem.config.has_server)."""
+    from .config import TrainConfig, has_server
 
     saved = json.loads(ckpt_attrs["config"])
     w0 = int(ckpt_attrs["workers"])
-    servers = 0 if saved.get("topology") == "allgather" else 1
+    servers = 1 if has_server(saved.get("topology", "server")) else 0
     if ranks - servers != w0:
         raise MpimemError(f"{ckpt_attrs['path']}: the checkpoint has W = {w0} workers, this launch "
                           f"has W = {ranks - servers}; a run resumes only with the same number of "

@@ -26,7 +26,13 @@ from .schedule import (ASYNC_DEFAULT_STEPS, AVERAGINGS, DEFAULT_GAMMA, SCHEDULES
 
 L2_PLACEMENTS = ("server", "worker")
 MODES = ("sync", "async")
-TOPOLOGIES = ("server", "allgather")
+TOPOLOGIES = ("server", "allgather", "sparse-allreduce", "hierarchical")
+
+
+def has_server(topology: str) -> bool:
+    """Whether rank 0 is a server (mpiexec -n W+1); the other topologies make every rank a
+    worker (mpiexec -n W)."""
+    return topology == "server"
 ASYNC_STEPS = ("full", "mean")
 METHODS = ("memsgd", "ef21")
 
@@ -62,6 +68,7 @@ class TrainConfig:
     topology: str = "server"
     async_step: str = "full"      # --mode async: server applies u_w ("full", Hogwild) or u_w/W
     downlink_k: int = None        # sync server: top-K downlink with a server memory (None: off)
+    group_size: int = None        # --topology hierarchical: ranks per group (None: per node)
     seed: int = 0
     eval_every: float = None
     quiet: bool = False
@@ -176,7 +183,14 @@ def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
 def _check_system(cfg: TrainConfig, n: int, d: int, workers: int) -> None:
     """Mode, topology, downlink, W and the budget against the data set."""
     if cfg.mode == "async" and cfg.topology != "server":
-        raise MpimemError("--mode async needs --topology server (allgather is a synchronous collective)")
+        raise MpimemError(f"--mode async needs --topology server ({cfg.topology} is a "
+                          "synchronous collective)")
+    if cfg.group_size is not None:
+        if cfg.topology != "hierarchical":
+            raise MpimemError("--group-size needs --topology hierarchical")
+        if not 1 <= cfg.group_size <= workers:
+            raise MpimemError(f"--group-size must satisfy 1 <= G <= W = {workers}, got "
+                              f"{cfg.group_size}")
     if cfg.downlink_k is not None:
         if cfg.mode != "sync" or cfg.topology != "server":
             raise MpimemError("--downlink-k (server memory) needs the synchronous server "

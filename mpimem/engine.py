@@ -33,6 +33,7 @@ from .rng import QUANTISE, SAMPLING, stream_state
 from .schedule import AveragingWeights, StepSchedule
 
 TIMING_COLUMNS = ("gradient", "compression", "communication", "waiting", "evaluation")
+TREE_TOPOLOGIES = ("sparse-allreduce", "hierarchical")   # mpimem.tree
 
 
 class ShardData:
@@ -247,8 +248,11 @@ class RoundRule:
         return sparse_or_dense_nbytes(self.comp.k, self.d) if self.workers == 1 else -1
 
     def make_aggregator(self):
+        """The server's (a leader's, a peer's) scratch; the tree topologies' partial sums may
+        hold every coordinate (mpimem.tree), so their union has room for d."""
         per_message = self.comp.max_message_bytes() // 4
-        return Aggregator(self.d, self.workers, self.workers * per_message, self.cfg.downlink_k)
+        entries = self.d if self.cfg.topology in TREE_TOPOLOGIES else self.workers * per_message
+        return Aggregator(self.d, self.workers, entries, self.cfg.downlink_k)
 
     def warm_up(self, dense: bool, dtype) -> None:
         """One round on throwaway state and a fake shard of the run's storage and dtype, so that

@@ -17,7 +17,7 @@ k warm-up when set (epochs and the k of each), the error memory as it ran (never
 compressor none) or "method ef21" (EF21-BC with downlink-k), where the L2 term acts, the step schedule,
 gamma and shift a (in samples), the averaging, mode, topology, downlink-k when set, the batch size b and the
 number of workers W. The per-rank timing table has a server row only where there is a server
-(topology allgather has none: rank r is worker r+1).
+(the other topologies have none: rank r is worker r+1).
 
 `--json` prints one JSON object with these keys (always all of them; a value that is unknown,
 or a float that is not finite, is null):
@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from .config import has_server as topology_has_server
 from .metrics import METRICS
 from .runfile import read_run
 from .runlabel import bits_per_entry, memory_ran
@@ -75,8 +76,8 @@ def last_point(metrics: dict):
 
 
 def has_server(cfg: dict) -> bool:
-    """A server rank (rank 0) took part: every topology but allgather."""
-    return cfg.get("topology", "server") != "allgather"
+    """A server rank (rank 0) took part: the server topology (mpimem.config.has_server)."""
+    return topology_has_server(cfg.get("topology", "server"))
 
 
 def _number(value):
@@ -178,7 +179,8 @@ def settings_text(cfg: dict, a: dict) -> str:
              f"averaging {fmt(cfg.get('averaging'))}",
              f"mode {fmt(cfg.get('mode'))}" + (f" ({cfg['async_step']} step)"
                                                 if cfg.get("mode") == "async" else ""),
-             f"topology {fmt(cfg.get('topology'))}"]
+             f"topology {fmt(cfg.get('topology'))}" + (f" (groups of {cfg['group_size']})"
+                                                      if cfg.get("group_size") else "")]
     if cfg.get("downlink_k") is not None:
         parts.append(f"downlink-k {fmt(cfg['downlink_k'])}")
     parts += [f"b={fmt(cfg.get('batch_size'))}", f"W={fmt(a.get('workers'))}",

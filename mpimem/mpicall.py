@@ -31,9 +31,10 @@ STATUS = SLOTS + 2        # an MPI_Status buffer (16 words: larger than any MPI'
 CLOCK_MONOTONIC = 1       # Linux
 
 
-def table(mpi: bool = True) -> np.ndarray:
+def table(mpi: bool = True, comm=None) -> np.ndarray:
     """The int64 table of function addresses and MPI handles for this process (mpi=False: the
-    clock only, for in-process loops that never call MPI)."""
+    clock only, for in-process loops that never call MPI); its calls go to `comm` (an mpi4py
+    communicator; default COMM_WORLD): one table per communicator."""
     t = np.zeros(STATUS + 16, np.int64)
     libc = ctypes.CDLL(None)
     t[CLOCK] = ctypes.cast(libc.clock_gettime, ctypes.c_void_p).value
@@ -48,9 +49,21 @@ def table(mpi: bool = True) -> np.ndarray:
                        (ALLGATHER, "MPI_Allgather"), (ALLGATHERV, "MPI_Allgatherv"),
                        (GET_COUNT, "MPI_Get_count")):
         t[slot] = ctypes.cast(getattr(libmpi, name), ctypes.c_void_p).value
-    t[COMM] = MPI._handleof(MPI.COMM_WORLD)
-    t[BYTE] = MPI._handleof(MPI.BYTE)
+    t[COMM] = _handle(MPI.COMM_WORLD if comm is None else comm)
+    t[BYTE] = _handle(MPI.BYTE)
     return t
+
+
+def _handle(obj) -> int:
+    """An MPI handle as the int64 the calls pass: mpi4py reports an `int` handle (MPICH)
+    as an unsigned number (0xffffffff84000002 for a split communicator), so it is read back
+    as the signed 32-bit value; a pointer handle (Open MPI) as a signed 64-bit one."""
+    from mpi4py import MPI
+
+    value = MPI._handleof(obj)
+    if MPI._sizeof(type(obj)) == 4:
+        return ctypes.c_int32(value & 0xFFFFFFFF).value
+    return ctypes.c_int64(value).value
 
 
 def _codegen(restype, nargs):

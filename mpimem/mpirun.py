@@ -20,14 +20,15 @@ import time
 import numpy as np
 
 from . import __version__
-from .config import resolve, row_norm_sum, scale_note
-from .engine import (TIMING_COLUMNS, RoundRule, ShardData, compressor_for, eval_rounds,
-                     make_averager, total_rounds, xbar_of)
+from .config import has_server, resolve, row_norm_sum, scale_note
+from .engine import (TIMING_COLUMNS, TREE_TOPOLOGIES, RoundRule, ShardData, compressor_for,
+                     eval_rounds, make_averager, total_rounds, xbar_of)
 from .errors import MpimemError, at_abort, fault_point, report, slow_worker_delay
 from .metrics import eval_point, negative_gap, shard_sums
 from .model import NO_AVERAGER, averager_arrays
 from .mpicall import table
 from .segments import allgather_segment, server_segment, worker_segment
+from .tree import tree_segment
 from .runfile import RunWriter, check_run_path, new_run_id
 
 
@@ -81,9 +82,9 @@ class Run:
 
         self.comm = comm
         self.rank = comm.Get_rank()
-        # topology "allgather": no server, every rank is a worker (worker id rank+1, shard rank);
-        # otherwise rank 0 is the server and ranks 1..W the workers (worker id = rank)
-        self.peer = getattr(cfg, "topology", "server") == "allgather"
+        # allgather and the tree topologies: no server, every rank is a worker (worker id
+        # rank+1, shard rank); otherwise rank 0 is the server and ranks 1..W the workers
+        self.peer = not has_server(getattr(cfg, "topology", "server"))
         self.workers = comm.Get_size() - (0 if self.peer else 1)
         self.worker_id = self.rank + 1 if self.peer else self.rank
         if self.workers < 1:
@@ -125,6 +126,8 @@ class Run:
                              np.zeros(W * (8 + slot), np.uint8), np.zeros(W, np.int32),
                              np.zeros(W, np.int32))
             self.delay = slow_worker_delay(self.rank)
+        if self.cfg.topology in TREE_TOPOLOGIES:
+            self.tree_setup(slot)
         if self.worker_id:
             shard = read_shard(cfg.data, self.worker_id - 1, self.workers)
             self.shard = ShardData(shard.X, shard.y)
@@ -132,10 +135,38 @@ class Run:
         if self.cfg.mode == "sync":
             self.segment(0, 0)   # loads the compiled segment (no round, no message)
 
+    def tree_setup(self, slot):
+        """The tree topologies (mpimem.tree): the groups (per node from Split_type shared, or
+        --group-size), this rank's plan, its group's communicator and the buffers."""
+        from mpi4py import MPI
+
+        from .tree import TreePlan
+
+        comm, cfg = self.comm, self.cfg
+        nodes = None
+        if cfg.topology == "hierarchical" and not cfg.group_size:
+            node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            nodes = comm.allgather(node.bcast(self.rank, root=0))   # each rank's node leader
+            node.Free()
+        plan = TreePlan.for_run(cfg.topology, comm.Get_size(), cfg.group_size, nodes)
+        self.group_comm = comm.Split(plan.group_of[self.rank], key=self.rank)
+        self.tree = (table(comm=self.group_comm), plan.row(self.rank), plan.members(self.rank),
+                     np.zeros(slot, np.uint8), np.zeros(8 + 8 * self.d, np.uint8),
+                     np.zeros(8 + 8 * self.d, np.uint8))
+        self.groups = plan.groups
+
     # ------------------------------------------------------------------ rounds
     def segment(self, r0, r1):
         """Rounds r0 .. r1-1 (or fewer: mpimem.segments) in compiled code; the next round."""
         self.rule.set_round(r0)
+        if self.cfg.topology in TREE_TOPOLOGIES:
+            gmpi, row, members, inbox, sbuf, rbuf = self.tree
+            return tree_segment(self.rule.P, self.mpi, gmpi, self.shard.arrays, self.ws.arrays,
+                                self.rule.cs, self.agg.arrays, self.replica.z, self.replica.scale,
+                                self.replica.g, averager_arrays(self.averager),
+                                self.averager is not None, row, members, inbox, sbuf, rbuf,
+                                self.agg.message, self.hdr, self.worker_id, r0, r1,
+                                self.segment_seconds, self.delay)
         if self.peer:
             own, sizes, recv, counts, displs = self.exchange
             slot = own if self.fixed_up < 0 else own[: 8 + -(-self.fixed_up // 8) * 8]
@@ -315,6 +346,8 @@ class Run:
             "compressor": self.comp.name,
             "method": self.cfg.method,
             "k_schedule": json.dumps(self.rule.k_schedule),
+            # the tree topologies' groups of ranks, leader first (mpimem.tree)
+            "groups": json.dumps(getattr(self, "groups", [])),
         }
 
 

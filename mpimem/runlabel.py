@@ -5,7 +5,8 @@ and analysis/figures.py).
 A label names what went over the wire: the compressor with its k, or QSGD's levels s and the
 bits per entry it packed; memory on or off (no memory word for plain SGD, which sends x
 uncompressed), or "EF21" / "EF21-BC" for --method ef21 (its state is not an optional memory);
-and, when not the default, the k warm-up, mode, topology, downlink top-K and L2 placement.
+and, when not the default, the k warm-up, mode, topology (and its group size), downlink top-K
+and L2 placement.
 """
 import json
 import math
@@ -16,7 +17,8 @@ import numpy as np
 
 from .compressors import make_compressor
 
-DEFAULTS = {"mode": "sync", "topology": "server", "downlink_k": None, "l2": "worker"}
+DEFAULTS = {"mode": "sync", "topology": "server", "group_size": None, "downlink_k": None,
+            "l2": "worker"}
 # settings of a launch, not of the training: never "what differs" between two runs
 NOT_SETTINGS = {"out", "quiet", "resume", "overwrite", "checkpoint_every", "keep_checkpoints",
                 "extra"}
@@ -58,7 +60,8 @@ def compressor_label(cfg: dict, d: int) -> str:
 
 def run_label(cfg: dict, d: int) -> str:
     """What a run sent: the operator, memory on/off (not for SGD) or EF21 / EF21-BC, then the
-    non-default k warm-up, mode, topology, downlink top-K and L2 placement, comma-separated."""
+    non-default k warm-up, mode, topology, group size, downlink top-K and L2 placement,
+    comma-separated."""
     parts = [compressor_label(cfg, d)]
     if cfg.get("method", "memsgd") == "ef21":
         parts.append("EF21-BC" if cfg.get("downlink_k") else "EF21")
@@ -69,7 +72,8 @@ def run_label(cfg: dict, d: int) -> str:
     for key, default in DEFAULTS.items():
         value = cfg.get(key, default)
         if value != default:
-            parts.append(f"downlink top-{value}" if key == "downlink_k" else f"{key} {value}")
+            parts.append(f"downlink top-{value}" if key == "downlink_k" else
+                         f"groups of {value}" if key == "group_size" else f"{key} {value}")
     return ", ".join(parts)
 
 

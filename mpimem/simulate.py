@@ -2,14 +2,17 @@
 
 It calls the very functions the MPI program calls (mpimem.engine.RoundRule), in the same order,
 so its trajectory (x, xbar, every memory, byte counts) is bit-identical to `mpiexec -n W+1
-mpimem train` with the same settings. The tests use it as the oracle for the MPI runs.
+mpimem train` with the same settings (and to `mpiexec -n W` with allgather). For the tree
+topologies (sparse-allreduce, hierarchical: mpimem.tree) it sums in the tree's order with the
+tree's compiled functions (mpimem.tree.tree_round; hierarchical without --group-size as one
+node). The tests use it as the oracle for the MPI runs.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import (RoundRule, ShardData, compressor_for, eval_rounds, make_averager,
-                     total_rounds, xbar_of)
+from .engine import (TREE_TOPOLOGIES, RoundRule, ShardData, compressor_for, eval_rounds,
+                     make_averager, total_rounds, xbar_of)
 from .metrics import eval_point, shard_sums
 
 
@@ -34,6 +37,11 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
     replica = rule.new_replica()
     averager = make_averager(cfg, d)
     agg = rule.make_aggregator()
+    tree = cfg.topology in TREE_TOPOLOGIES
+    if tree:
+        from .tree import TreePlan, tree_round
+        plan = TreePlan.for_run(cfg.topology, workers, cfg.group_size)
+        aggs = [rule.make_aggregator() for _ in plan.groups]
     rounds = total_rounds(cfg, n, workers)
     evals = set(eval_rounds(cfg, n, workers, rounds)) if evaluate else set()
     history = []
@@ -52,9 +60,16 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
         rule.set_round(r)
         messages = [ws.msg[: rule.worker_step(ws, s, replica, r)].copy()
                     for ws, s in zip(states, data)]
-        payload = rule.aggregate(agg, messages, r, replica)
-        for ws in states:
-            ws.bytes_down += 8 + payload.size
+        if tree:
+            counters = [[0, 0] for _ in states]
+            payload = tree_round(rule, plan, aggs, messages, r, replica, counters)
+            for ws, (up, down) in zip(states, counters):
+                ws.bytes_up += up
+                ws.bytes_down += down
+        else:
+            payload = rule.aggregate(agg, messages, r, replica)
+            for ws in states:
+                ws.bytes_down += 8 + payload.size
         rule.apply(replica, payload, r, averager)
     return SimResult(replica.x(), xbar_of(replica, averager),
                      np.array([ws.m for ws in states]),

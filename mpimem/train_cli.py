@@ -6,7 +6,7 @@ import os
 from . import __version__
 from .compressors import COMPRESSORS
 from .config import (ASYNC_STEPS, L2_PLACEMENTS, METHODS, MODES, TOPOLOGIES, dump_toml,
-                     load_toml, merge, resolve)
+                     has_server, load_toml, merge, resolve)
 from .errors import MpimemError
 from .schedule import AVERAGINGS, SCHEDULES
 
@@ -54,8 +54,12 @@ def register(sub) -> None:
     g = p.add_argument_group("system")
     g.add_argument("--mode", choices=MODES, help="sync (default) or async: the server applies "
                    "each worker's message as it arrives (docs/scaling.md)")
-    g.add_argument("--topology", choices=TOPOLOGIES, help="server (default; mpiexec -n W+1) or "
-                   "allgather: no server, every rank a worker (mpiexec -n W)")
+    g.add_argument("--topology", choices=TOPOLOGIES, help="server (default; mpiexec -n W+1), or "
+                   "with every rank a worker (mpiexec -n W): allgather, sparse-allreduce "
+                   "(recursive doubling of sparse sums), hierarchical (groups per node, "
+                   "leaders allreduce): docs/scaling.md")
+    g.add_argument("--group-size", type=int, metavar="G", help="hierarchical: G consecutive "
+                   "ranks per group instead of one group per node")
     g.add_argument("--async-step", choices=ASYNC_STEPS, help="async: the server applies each "
                    "worker's full step u_w (full, Hogwild; default) or u_w/W (mean)")
     g.add_argument("--downlink-k", type=int, help="sync server: send only the top-K of the "
@@ -110,7 +114,7 @@ def dump_workers(comm, topology: str) -> int:
         ranks = int(os.environ["MPIMEM_EXPECT_RANKS"])
     else:
         return 1
-    return ranks - (0 if topology == "allgather" else 1)
+    return ranks - (1 if has_server(topology) else 0)
 
 
 def dump_config(cfg) -> int:

@@ -1,6 +1,7 @@
 """Signals and closed pipes (mpimem.signals, docs/checkpoints.md "Signals"): real signals to
 real ranks of a real mpiexec run (their pids from MPIMEM_PIDFILE_DIR), real pipes. Every mode
-(sync, --mode async, --topology allgather) checkpoints and exits 75 on a signal.
+(sync, --mode async, --topology allgather, the tree topologies) checkpoints and exits 75 on a
+signal.
 
 A phase of a run is reached deterministically with the MPIMEM_FAULT=sleep-at:PLACE:SECONDS
 hook: the test waits until the processes sleep there (/proc/PID/wchan), then signals them."""
@@ -166,10 +167,12 @@ def same_run(resumed, reference):
         assert np.array_equal(a["metrics"][name], b["metrics"][name]), name
 
 
-DETERMINISTIC = [(2, ["--topology", "allgather"], 600), (2, ["--mode", "async"], 1200)]
+DETERMINISTIC = [(2, ["--topology", "allgather"], 600), (2, ["--mode", "async"], 1200),
+                 (4, ["--topology", "hierarchical", "--group-size", "2"], 300)]
 
 
-@pytest.mark.parametrize("nranks,mode,rounds", DETERMINISTIC, ids=["allgather-W2", "async-W1"])
+@pytest.mark.parametrize("nranks,mode,rounds", DETERMINISTIC,
+                         ids=["allgather-W2", "async-W1", "hierarchical-W4-G2"])
 def test_signal_checkpoints_and_resume_equals_uninterrupted(rcv, tmp_path, nranks, mode, rounds):
     """--topology allgather and --mode async at W = 1 (deterministic): the reference run writes
     round-interval checkpoints (async: at quiescent points); SIGTERM to a run in the middle of a
