@@ -9,7 +9,9 @@ Writes, for the studies present:
                method
   communication.png   study 2's runs: f(xbar) - f* against MB sent both ways (workers -> server
                plus server -> workers, cumulative), log-log, Mem-SGD vs EF21 vs QSGD
-  scaling.png  (c) time to a target loss and speed-up against workers, ideal scaling drawn
+  scaling.png  (c) time to a target loss and speed-up against workers, ideal scaling drawn;
+               one curve per (method, topology): runs of several topologies (the config's
+               `topology`: server, allgather, sparse-allreduce, hierarchical) are told apart
   weak.png     weak scaling: wall time of the fixed epochs against workers, ideal (flat) drawn
   summary.csv / summary.md   the numbers behind each figure, one row per (run, quantity),
                plus every incomplete, unreadable, diverged or flat run (marked, never mixed in)
@@ -324,33 +326,72 @@ def _train_time(run):
 
 
 # -- (c) strong scaling ------------------------------------------------------------------------
+# the marker of each topology's curves in scaling.png
+TOPOLOGY_MARKERS = {"server": "o", "allgather": "s", "sparse-allreduce": "^", "hierarchical": "D"}
+
+
+def topology_of(run):
+    """The topology a run ran: its config's `topology` (run files without the key: the server)."""
+    return (run.config or {}).get("topology", "server")
+
+
+def topology_text(run):
+    """"topology allgather"; hierarchical says its groups ("groups of 2" or "groups per node")."""
+    text = f"topology {topology_of(run)}"
+    if topology_of(run) == "hierarchical":
+        g = (run.config or {}).get("group_size")
+        text += f", groups of {g}" if g else ", groups per node"
+    return text
+
+
+def scaling_label(run, topologies):
+    """A scaling curve's name: curve_label, and when the study ran several `topologies`, the
+    run's topology, named for every curve (server included), always last."""
+    if len(topologies) < 2:
+        return curve_label(run)
+    base = (run_label({**run.config, "topology": "server", "group_size": None},
+                      int(run.attrs.get("d", 0))) if run.config else run.label)
+    return f"{base}, {topology_text(run)}"
+
+
 def fig_scaling(runs, problems, table, target=None):
+    """Per data set: seconds to the target loss (top) and speed-up T(W_min)/T(W) (bottom) against
+    W, one curve per (method, topology); with several topologies in the study every curve and
+    table row names its topology, and each topology has its marker (TOPOLOGY_MARKERS)."""
     plt = _mpl()
     by_ds = _group(runs, lambda r: r.dataset)
     ncol = max(1, len(by_ds))
     fig, axes = plt.subplots(2, ncol, figsize=(5 * ncol, 7), squeeze=False)
-    colors = _label_style(r.label for r in runs)
+
+    def key(r):   # one curve per (method, topology, group size)
+        return (r.label, topology_text(r))
+
+    colors = _label_style(key(r) for r in runs)
+    topologies = {topology_text(r) for r in runs if r.usable}
     for col, (ds, group) in enumerate(by_ds.items()):
         done = [r for r in group if r.usable]
         tgt = target if target is not None else _default_target(done)
         wmax = 1
-        for label, mruns in _group(done, lambda r: r.label).items():
+        for curve, mruns in _group(done, key).items():
+            # the table's method: the study label, plus the topology when there are several
+            method = curve[0] if len(topologies) < 2 else f"{curve[0]}, {curve[1]}"
             times = defaultdict(list)
             for r in mruns:
                 t = first_crossing(_train_time(r), r.metrics["loss_xbar"], tgt)
-                table.add(r, "target_loss", tgt)
-                table.add(r, "time_to_target_s", t)
+                table.add(r, "target_loss", tgt, method=method)
+                table.add(r, "time_to_target_s", t, method=method)
                 times[r.workers].append(t)
             ws = sorted(times)
             tw = np.array([np.mean(times[w]) for w in ws])
             speed = [_ratio(tw[0], t) for t in tw]
             for w, s in zip(ws, speed):
-                table.add(None, "speedup", float(s), study=mruns[0].study, method=label)
+                table.add(None, "speedup", float(s), study=mruns[0].study, method=method)
                 table.rows[-1].update(dataset=ds, workers=w, status="complete")
             wmax = max(wmax, ws[-1])
-            name = curve_label(mruns[0])
-            axes[0, col].plot(ws, tw, "o-", color=colors[label], label=name)
-            axes[1, col].plot(ws, speed, "o-", color=colors[label], label=name)
+            name = scaling_label(mruns[0], topologies)
+            style = TOPOLOGY_MARKERS.get(topology_of(mruns[0]), "x") + "-"
+            axes[0, col].plot(ws, tw, style, color=colors[curve], label=name)
+            axes[1, col].plot(ws, speed, style, color=colors[curve], label=name)
         wgrid = np.arange(1, wmax + 1)
         axes[1, col].plot(wgrid, wgrid, "k:", lw=0.8, label="ideal")
         axes[0, col].set_title(f"{group[0].data_title}: time to loss {tgt:.5g}", fontsize=9)

@@ -19,6 +19,9 @@
 #   DATASETS "epsilon rcv1"  METHODS "top-1 SGD" (labels)  WORKERS "1 2 4"  SEEDS "0 1"
 #   N, D, N_<NAME>, D_<NAME>, N_PER_WORKER (weak), DATA_SEED (1)   (size of synthetic data)
 #   EPOCHS  EVAL_EVERY  BATCH_SIZE  MODE  EXTRA_ARGS (appended to every `mpimem train`)
+#   TOPOLOGY server|allgather|sparse-allreduce|hierarchical (`mpimem train --topology`; default:
+#     the study's, else mpimem's: server)  GROUP_SIZE (hierarchical: --group-size G)
+#   A run takes W+1 MPI ranks with the server (rank 0), W ranks with the other topologies.
 #   CHECKPOINT_EVERY (passed to mpimem train --checkpoint-every, e.g. 10m)
 #   RUN_TIMEOUT (seconds; kill a run that takes longer)
 #   SYNTH=0 (never generate a missing data set)  LAUNCHER auto|srun|mpiexec  SRUN_MPI (pmi2)
@@ -85,10 +88,28 @@ _mm_data() {
     ) 9>"$RUN_DATA.lock"
 }
 
+# Tasks in this SLURM allocation: SLURM_NTASKS (sbatch -n, or --nodes x --ntasks-per-node);
+# else the sum of SLURM_TASKS_PER_NODE ("12(x2),8" = 32); empty outside an allocation.
+_mm_alloc_tasks() {
+    if [[ -n ${SLURM_NTASKS:-} ]]; then echo "$SLURM_NTASKS"; return; fi
+    [[ -n ${SLURM_JOB_ID:-} && -n ${SLURM_TASKS_PER_NODE:-} ]] || return 0
+    local part n=0 per times
+    for part in ${SLURM_TASKS_PER_NODE//,/ }; do
+        per=${part%%(*}; times=1
+        [[ $part == *"(x"* ]] && { times=${part#*(x}; times=${times%)}; }
+        n=$((n + per * times))
+    done
+    echo "$n"
+}
+
 # Pick the MPI launcher for RANKS processes and PROVE it builds one world of that size
 # (plain srun, or the wrong --mpi, starts RANKS separate size-1 programs that exit 0).
+# WHY names the rank count in messages (e.g. "W+1 = 3 for --topology server").
+# srun places the ranks by the allocation (--nodes/--ntasks-per-node; block distribution:
+# consecutive ranks share a node, which --topology hierarchical groups by); mpiexec (Hydra)
+# inside an allocation reads its node list from SLURM.
 _mm_launcher() {
-    local ranks=$1 cands=() c probe_out
+    local ranks=$1 why=${2:-$1} cands=() c probe_out tasks
     local cache="MM_LAUNCH_$ranks"
     if [[ -n ${!cache:-} ]]; then eval "MM_LAUNCH=(${!cache})"; return 0; fi
     case $LAUNCHER in
@@ -99,12 +120,18 @@ _mm_launcher() {
         srun|mpiexec) cands=("$LAUNCHER") ;;
         *) _mm_log "LAUNCHER must be auto, srun or mpiexec (got $LAUNCHER)"; return 2 ;;
     esac
-    if [[ -n ${SLURM_NTASKS:-} && $ranks -gt $SLURM_NTASKS ]]; then
-        _mm_log "needs $ranks MPI ranks (W+1) but the allocation has $SLURM_NTASKS tasks (sbatch -n)"
+    tasks=$(_mm_alloc_tasks)
+    if [[ -n $tasks && $ranks -gt $tasks ]]; then
+        _mm_log "needs $ranks MPI ranks ($why) but the allocation has $tasks tasks (sbatch -n, or --nodes x --ntasks-per-node)"
         return 2
     fi
     for c in "${cands[@]}"; do
-        if [[ $c == srun ]]; then MM_LAUNCH=(srun "--mpi=$SRUN_MPI" -n "$ranks" --kill-on-bad-exit=1)
+        if [[ $c == srun ]]; then
+            MM_LAUNCH=(srun "--mpi=$SRUN_MPI" -n "$ranks")
+            # --ntasks-per-node P: the run's ranks packed onto the fewest nodes, ceil(ranks/P)
+            [[ ${SLURM_NTASKS_PER_NODE:-} =~ ^[0-9]+$ ]] &&
+                MM_LAUNCH+=(-N "$(( (ranks + SLURM_NTASKS_PER_NODE - 1) / SLURM_NTASKS_PER_NODE ))")
+            MM_LAUNCH+=(--kill-on-bad-exit=1)
         else MM_LAUNCH=(mpiexec -n "$ranks"); fi
         if probe_out=$(timeout 120 "${MM_LAUNCH[@]}" "$PYTHON" "$MM_ROOT/jobs/slurm_probe.py" \
                        --expect "$ranks" 2>&1); then
@@ -143,18 +170,22 @@ _mm_run_one() {
         fi
     fi
     _mm_data || return 1
-    local ranks=$((RUN_WORKERS + 1))
-    _mm_launcher "$ranks" || { _mm_log "run $idx: no launcher builds a world of $ranks ranks"; return 1; }
+    # the planner's rank count: W+1 with the server (rank 0), W for the serverless topologies
+    local ranks=$RUN_RANKS why
+    if [[ $RUN_TOPOLOGY == server ]]; then why="W+1 = $ranks for --topology server"
+    else why="W = $ranks for --topology $RUN_TOPOLOGY"; fi
+    _mm_launcher "$ranks" "$why" || { _mm_log "run $idx: no launcher builds a world of $ranks ranks ($why)"; return 1; }
     printf '%s\n' "$RUN_META" | "$PYTHON" -c '
 import json, sys, os
-m = json.load(sys.stdin); m.update(job=sys.argv[1], launcher=sys.argv[2], slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+m = json.load(sys.stdin); e = os.environ.get
+m.update(job=sys.argv[1], launcher=sys.argv[2], slurm_job_id=e("SLURM_JOB_ID"),
+         slurm_nodes=e("SLURM_JOB_NUM_NODES"), slurm_nodelist=e("SLURM_JOB_NODELIST"))
 json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$dir/meta.json"
-    _mm_log "run $idx: $RUN_DATASET $RUN_LABEL W=$RUN_WORKERS seed=$RUN_SEED -> $run"
+    _mm_log "run $idx: $RUN_DATASET $RUN_LABEL W=$RUN_WORKERS topology=$RUN_TOPOLOGY ($ranks ranks) seed=$RUN_SEED -> $run"
     local train=("$RUN_DATA" --out "$run" "${RUN_ARGS[@]}")
     # with --resume the settings come from the checkpoint (docs/checkpoints.md)
     [[ ${#resume[@]} -gt 0 ]] && train=("${resume[@]}" --out "$run")
-    # RUN_CKPT: --checkpoint-every where mpimem checkpoints (the sync server; async and
-    # allgather runs restart on requeue)
+    # RUN_CKPT: --checkpoint-every CHECKPOINT_EVERY (every mode and topology checkpoints)
     train+=("${RUN_CKPT[@]}")
     MPIMEM_EXPECT_RANKS=$ranks "${MM_LAUNCH[@]}" "$PYTHON" -m mpimem train "${train[@]}" >>"$dir/train.log" 2>&1 &
     MM_CHILD=$!

@@ -7,9 +7,13 @@
 A study (jobs/studies/*.toml, layout in jobs/README.md) expands to the runs
     datasets x methods x workers x seeds        (a method may name the data sets it applies to)
 in that order (seeds vary fastest). Settings: [train] < the method's table < environment
-(EPOCHS, EVAL_EVERY, BATCH_SIZE, MODE, EXTRA_ARGS, CHECKPOINT_EVERY); the environment's
-DATASETS, METHODS, WORKERS, SEEDS select subsets and N, D, N_<NAME>, D_<NAME>, N_PER_WORKER,
-DATA_SEED size the synthetic data.
+(EPOCHS, EVAL_EVERY, BATCH_SIZE, MODE, TOPOLOGY, GROUP_SIZE, EXTRA_ARGS, CHECKPOINT_EVERY); the
+environment's DATASETS, METHODS, WORKERS, SEEDS select subsets and N, D, N_<NAME>, D_<NAME>,
+N_PER_WORKER, DATA_SEED size the synthetic data.
+
+A run's MPI world: W + 1 ranks for the parameter server (topology "server", the default: rank 0
+the server), W ranks for the serverless topologies (allgather, sparse-allreduce, hierarchical);
+`run` hands the job script RUN_RANKS and RUN_TOPOLOGY, and meta.json records both.
 
 A study runs what it says or fails: every run's `mpimem train` arguments are parsed by mpimem's
 own train parser before any run starts. An unknown option, a mode or compressor this mpimem does
@@ -25,7 +29,7 @@ import sys
 import tomllib
 from dataclasses import asdict, dataclass
 
-from .config import merge
+from .config import has_server, merge
 from .errors import MpimemError, report
 
 # keys of a method table that are not train options; `defaults` lists [train] settings the
@@ -50,9 +54,11 @@ class PlannedRun:
     data_seed: int
     n_per_worker: int
     mode: str                  # the mode that runs (as parsed from args), never a fallback
+    topology: str              # the topology that runs (as parsed from args)
+    ranks: int                 # MPI ranks of the run: W + 1 with a server, else W
     args: tuple
-    checkpoint_args: tuple     # --checkpoint-every (CHECKPOINT_EVERY) where mpimem checkpoints:
-                               # the sync server; also passed with --resume
+    checkpoint_args: tuple     # --checkpoint-every (CHECKPOINT_EVERY): every mode and topology
+                               # checkpoints; also passed with --resume
 
 
 def load_study(path: str) -> dict:
@@ -144,6 +150,13 @@ def train_options(cfg: dict, method: dict, dcfg: dict, seed: int, env: dict) -> 
     if env.get("BATCH_SIZE"):
         opts["batch_size"] = env["BATCH_SIZE"]
     opts["mode"] = env.get("MODE") or opts.get("mode") or study.get("mode", "sync")
+    # TOPOLOGY (else the method's / [train]'s / [study]'s; absent: mpimem's default, server) and
+    # GROUP_SIZE (hierarchical only; check_system) pass through to the train parser
+    topology = env.get("TOPOLOGY") or opts.get("topology") or study.get("topology")
+    if topology:
+        opts["topology"] = topology
+    if env.get("GROUP_SIZE"):
+        opts["group_size"] = _integer(env["GROUP_SIZE"], "GROUP_SIZE")
     opts["seed"] = seed
     return opts
 
@@ -204,29 +217,52 @@ def plan(cfg: dict, env: dict) -> list:
     return runs
 
 
+def ranks_of(topology: str, workers: int) -> int:
+    """MPI ranks of a run of W workers: W + 1 with the parameter server (rank 0), W without."""
+    return workers + 1 if has_server(topology) else workers
+
+
+def check_system(tc, workers: int) -> None:
+    """What the train parser lets through but no run can do, refused before any run starts
+    (mpimem train itself refuses the same at start-up, after the job got its allocation)."""
+    if tc.mode == "async" and not has_server(tc.topology):
+        raise MpimemError(f"--mode async needs --topology server, got --topology {tc.topology} "
+                          f"(with TOPOLOGY={tc.topology} set MODE=sync)")
+    group = tc.group_size
+    if group is not None and tc.topology != "hierarchical":
+        raise MpimemError(f"--group-size (GROUP_SIZE) needs --topology hierarchical, got "
+                          f"--topology {tc.topology}")
+    if group is not None and not 1 <= group <= workers:
+        raise MpimemError(f"--group-size must satisfy 1 <= G <= W = {workers}, got {group} "
+                          f"(choose WORKERS of at least GROUP_SIZE)")
+
+
 def _planned(index, cfg, ds, dcfg, method, workers, seed, env, extra) -> PlannedRun:
     """Run `index`: its data, its options (EXTRA_ARGS last, so they win), checked by the parser."""
     src = data_source(ds, dcfg, workers, env)
-    args = to_args(train_options(cfg, method, dcfg, seed, env)) + extra
     try:
+        args = to_args(train_options(cfg, method, dcfg, seed, env)) + extra
         tc = check_train_args(src["data"], args)
+        check_system(tc, workers)
     except MpimemError as err:
         raise MpimemError(f"run {index} ({ds} {method['label']} W={workers}): {err}") from None
     ckpt = ()
-    if env.get("CHECKPOINT_EVERY") and tc.mode == "sync" and tc.topology == "server":
+    if env.get("CHECKPOINT_EVERY"):
         ckpt = ("--checkpoint-every", env["CHECKPOINT_EVERY"])
     return PlannedRun(index=index, dataset=ds, label=method["label"], workers=workers, seed=seed,
-                      mode=tc.mode, args=tuple(args), checkpoint_args=ckpt, **src)
+                      mode=tc.mode, topology=tc.topology, ranks=ranks_of(tc.topology, workers),
+                      args=tuple(args), checkpoint_args=ckpt, **src)
 
 
 def shell_lines(run: PlannedRun, study: str) -> list:
     """The run as bash assignments for `eval` (RUN_* variables, RUN_ARGS and RUN_CKPT arrays,
     RUN_META the JSON that jobs/common.sh completes into meta.json)."""
     q = shlex.quote
-    meta = dict(asdict(run), study=study, ranks=run.workers + 1, train_args=list(run.args))
+    meta = dict(asdict(run), study=study, train_args=list(run.args))
     del meta["args"], meta["checkpoint_args"]
     return [f"RUN_LABEL={q(run.label)}; RUN_DATASET={q(run.dataset)}; "
-            f"RUN_WORKERS={run.workers}; RUN_SEED={run.seed}",
+            f"RUN_WORKERS={run.workers}; RUN_SEED={run.seed}; "
+            f"RUN_TOPOLOGY={q(run.topology)}; RUN_RANKS={run.ranks}",
             f"RUN_DATA={q(run.data)}; RUN_SYNTH={int(run.synthetic)}; RUN_LIKE={q(run.like)}; "
             f"RUN_DATA_SEED={run.data_seed}; RUN_N={run.n or ''}; RUN_D={run.d or ''}",
             "RUN_ARGS=(" + " ".join(q(a) for a in run.args) + ")",

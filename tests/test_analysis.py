@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from analysis.figures import FIGURES, Table, curve_label, draw, line_style
+from analysis.figures import FIGURES, Table, curve_label, draw, line_style, scaling_label
 from analysis.load import Run, convergence_flag, load_runs, method_label
 from conftest import ROOT, run, run_mpi
 from mpimem.runlabel import data_label, run_label
@@ -348,3 +348,69 @@ def test_make_figures_writes_to_build_unless_asked(tmp_path):
     assert (out / "qsgd.png").read_bytes()[:8] == PNG
     dry = run(["make", "-n", "figures", f"FIGURES_OUT={out}"], cwd=ROOT)
     assert f"FIGURES_OUT='{out}' bash analysis/make-figures.sh" in dry.stdout
+
+
+def test_scaling_figure_one_curve_per_method_and_topology(results, tmp_path):
+    """scaling.png of a study run on three topologies (the job script's TOPOLOGY: the study's
+    async server, then TOPOLOGY=allgather and sparse-allreduce with MODE=sync): one curve per
+    (method, topology), each labelled with its topology (the server's too) and drawn with its
+    marker; the curve's points are the time to the common target from its own run files (config
+    `topology`), and the table names the topology with the method."""
+    tree = tmp_path / "results"
+    shutil.copytree(results / "scaling", tree / "scaling")
+    for topology, workers in (("allgather", "1 2"), ("sparse-allreduce", "2")):
+        _study(tmp_path, "scaling", RESULTS=tree, DATA_DIR=results.parent / "data",
+               JOB_ID=topology, N=400, D=20, EPOCHS=1, EVAL_EVERY=0.25, DATASETS="epsilon",
+               METHODS="rand-10", WORKERS=workers, MODE="sync", TOPOLOGY=topology)
+    files = {}
+    for f in sorted(tree.rglob("RUN.h5")):
+        meta = json.loads((f.parent / "meta.json").read_text())
+        with h5py.File(f, "r") as h:
+            cfg, ranks = json.loads(h.attrs["config"]), int(h.attrs["ranks"])
+        assert cfg["topology"] == meta["topology"] and ranks == meta["ranks"]
+        assert ranks == meta["workers"] + (meta["topology"] == "server")   # W+1 with the server
+        files[(meta["topology"], meta["workers"])] = _h5(f)
+    assert sorted(files) == [("allgather", 1), ("allgather", 2), ("server", 1), ("server", 2),
+                             ("sparse-allreduce", 2)]
+    tgt = max(np.min(m["loss_xbar"]) for m in files.values())
+
+    runs, fig = _drawn(tree, "scaling")
+    top, bottom = fig.axes
+    want = {"rand-10, memory, mode async, topology server": ("server", "o"),
+            "rand-10, memory, topology allgather": ("allgather", "s"),
+            "rand-10, memory, topology sparse-allreduce": ("sparse-allreduce", "^")}
+    names = [t.get_text() for t in top.get_legend().get_texts()]
+    assert sorted(names) == sorted(want)
+    for name, line in zip(names, top.get_lines()):
+        topology, marker = want[name]
+        ws = sorted(w for t, w in files if t == topology)
+        assert line.get_marker() == marker and list(line.get_xdata()) == ws
+        t = [_crossing(files[(topology, w)]["train_time"], files[(topology, w)]["loss_xbar"],
+                       tgt) for w in ws]
+        assert np.allclose(line.get_ydata(), t)
+        (speed,) = [ln for ln in bottom.get_lines() if ln.get_label() == name]
+        assert np.allclose(speed.get_ydata(), [t[0] / x for x in t])   # over its fewest W
+
+    out = tmp_path / "fig"
+    proc = _figures(tree, out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "scaling.png").read_bytes()[:8] == PNG
+    speedups = {(r["method"], r["workers"]) for r in _rows(out) if r["quantity"] == "speedup"}
+    assert speedups == {(f"rand-10, topology {t}", str(w)) for t, w in files}
+
+
+@pytest.mark.parametrize("cfg, several, label", [
+    (dict(compressor="rand_k", k=10, memory=True), False, "rand-10, memory"),
+    (dict(compressor="rand_k", k=10, memory=True), True, "rand-10, memory, topology server"),
+    (dict(compressor="rand_k", k=10, memory=True, topology="allgather"), False,
+     "rand-10, memory, topology allgather"),
+    (dict(compressor="top_k", k=2, memory=True, topology="hierarchical", group_size=4,
+          l2="server"), True, "top-2, memory, l2 server, topology hierarchical, groups of 4"),
+    (dict(compressor="none", memory=False, topology="hierarchical", group_size=None), True,
+     "SGD, topology hierarchical, groups per node"),
+])
+def test_scaling_label_names_the_topology_when_several(cfg, several, label):
+    """The scaling figure's curve names: with one topology in the study, the usual curve label;
+    with several, every curve ends with its topology (server too; hierarchical with its groups)."""
+    topologies = {"a", "b"} if several else {"a"}
+    assert scaling_label(Run(path="x.h5", config=cfg, attrs={"d": 20}), topologies) == label

@@ -52,7 +52,7 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("jobdata")
 
 
-def sbatch(tmp_path, study, data_dir, ntasks, array="0-1", **env):
+def sbatch(tmp_path, study, data_dir, ntasks, array="0-1", sbatch_args=(), **env):
     """Submit jobs/STUDY.sbatch with --wait; return (exit code, output, results dir)."""
     # --time well above the scripts' --signal=B:USR1@300: a shorter limit signals the job at
     # once, and it checkpoints and requeues itself (that path works, but is slow to test)
@@ -60,7 +60,7 @@ def sbatch(tmp_path, study, data_dir, ntasks, array="0-1", **env):
     results = tmp_path / "results"
     cmd = ["sbatch", "--wait", "--export=ALL", "-J", name, f"--ntasks={ntasks}",
            f"--array={array}", "--time=20", "-o", str(tmp_path / "job-%A_%a.out"),
-           str(ROOT / "jobs" / f"{study}.sbatch")]
+           *sbatch_args, str(ROOT / "jobs" / f"{study}.sbatch")]
     full = _env(RESULTS=results, DATA_DIR=data_dir, RUN_TIMEOUT=150, **env)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT,
@@ -74,7 +74,8 @@ def sbatch(tmp_path, study, data_dir, ntasks, array="0-1", **env):
 
 
 def check_runs(results, study, expect):
-    """Every run directory holds a complete RUN.h5 of the right world size; returns metas."""
+    """Every run directory holds a complete RUN.h5 of the right world size (W+1 ranks with the
+    server, W with a serverless topology); returns metas."""
     files = sorted((results / study).glob("*/*/RUN.h5"))
     assert len(files) == expect, files
     metas = []
@@ -83,11 +84,12 @@ def check_runs(results, study, expect):
         with h5py.File(f, "r") as h:
             assert h.attrs["format"] == "mpimem-run"
             assert h.attrs["status"] == "complete", f
-            assert int(h.attrs["ranks"]) == meta["workers"] + 1 == meta["ranks"]
+            cfg = json.loads(h.attrs["config"])
+            server = cfg["topology"] == meta["topology"] == "server"
+            assert int(h.attrs["ranks"]) == meta["workers"] + server == meta["ranks"]
             assert int(h.attrs["workers"]) == meta["workers"]
             n = h["metrics/loss_xbar"].shape[0]
             assert n >= 2 and h["final/xbar"].shape[0] == int(h.attrs["d"])
-            cfg = json.loads(h.attrs["config"])
         # the results tree is <study>/<job>/<run index>/RUN.h5
         assert f.parent.name == str(meta["index"]) and meta["study"] == study
         metas.append((meta, cfg))
@@ -146,6 +148,21 @@ def test_scaling_job_worker_array(slurm, tmp_path, data_dir):
     assert all(c["k"] == 50 and c["gamma"] == 1.0 for _, c in metas)
     # the paper's asynchronous setting, run as the study says (no fallback)
     assert all(c["mode"] == m["mode"] == "async" and c["l2"] == "worker" for m, c in metas)
+
+
+def test_scaling_job_allgather_takes_w_ranks(slurm, tmp_path, data_dir):
+    """TOPOLOGY=allgather (MODE=sync): the run takes W = 2 ranks, which an allocation of 2 tasks
+    holds (the server would need 3), given as --nodes and --ntasks-per-node (srun packs the ranks:
+    -N 1); the topology is in the config and meta.json."""
+    rc, out, res = sbatch(tmp_path, "scaling", data_dir, 2, array="0", DATASETS="rcv1",
+                          METHODS="top-50", WORKERS="2", TOPOLOGY="allgather", MODE="sync",
+                          LAUNCHER="srun", N=300, D_RCV1=120, EPOCHS=1, EVAL_EVERY=0.5,
+                          sbatch_args=("--nodes=1", "--ntasks-per-node=2"))
+    assert rc == 0, out
+    ((meta, cfg),) = check_runs(res, "scaling", 1)
+    assert (meta["topology"], meta["ranks"], meta["workers"]) == ("allgather", 2, 2)
+    assert (cfg["topology"], cfg["mode"]) == ("allgather", "sync")
+    assert meta["launcher"] == "srun --mpi=pmi2 -n 2 -N 1 --kill-on-bad-exit=1"
 
 
 def test_weak_job_grows_data(slurm, tmp_path, data_dir):

@@ -120,7 +120,7 @@ def test_environment_overrides(toy, tmp_path):
         ("0.5", "0.1", "4", "async")
     assert runs[0].args[-4:] == ("--async-step", "mean", "--lam", "0.01")
     assert runs[0].mode == "async"
-    assert runs[0].checkpoint_args == ()          # async runs are not checkpointed
+    assert runs[0].checkpoint_args == ("--checkpoint-every", "10m")   # every mode checkpoints
     sync = plan(toy, dict(e, MODE="sync"))[0]
     assert sync.checkpoint_args == ("--checkpoint-every", "10m")
 
@@ -233,3 +233,97 @@ def test_refused_study_is_one_line_exit_2(tmp_path):
     ok = run([sys.executable, "-m", "mpimem.studyplan", "count", str(STUDIES / "theory.toml")],
              timeout=60, cwd=ROOT, env={"DATA_DIR": str(tmp_path)})
     assert ok.returncode == 0 and ok.stdout == "14\n", ok.stderr
+
+
+# -- topologies (issue 12): TOPOLOGY and GROUP_SIZE pass through; W+1 ranks with the server -------
+from mpimem.config import TOPOLOGIES  # noqa: E402
+
+NEW_TOPOLOGIES = pytest.mark.skipif(
+    "hierarchical" not in TOPOLOGIES,
+    reason="this mpimem's train parser has no --topology sparse-allreduce|hierarchical yet")
+
+
+def test_topology_passes_through_and_sets_the_ranks(toy, tmp_path):
+    """No TOPOLOGY: no --topology (mpimem's default, the server), W+1 ranks; TOPOLOGY=allgather:
+    `--topology allgather` after --mode, W ranks; planner and meta agree with the parsed config."""
+    default = plan(toy, env(tmp_path, DATASETS="a", METHODS="top-2"))
+    assert all("--topology" not in r.args for r in default)
+    assert [(r.topology, r.workers, r.ranks) for r in default] == [
+        ("server", 1, 2), ("server", 1, 2), ("server", 3, 4), ("server", 3, 4)]
+    ag = plan(toy, env(tmp_path, DATASETS="a", METHODS="top-2", TOPOLOGY="allgather"))
+    assert [(r.topology, r.workers, r.ranks) for r in ag] == [
+        ("allgather", 1, 1), ("allgather", 1, 1), ("allgather", 3, 3), ("allgather", 3, 3)]
+    args = list(ag[0].args)
+    assert args[args.index("--mode"):args.index("--mode") + 4] == [
+        "--mode", "sync", "--topology", "allgather"]
+    assert ag[0].checkpoint_args == () and "--group-size" not in args
+
+
+def test_scaling_study_ranks_per_topology(tmp_path):
+    """Study 3 runs the asynchronous server (W+1 ranks, at most 25 = its --ntasks); with
+    MODE=sync TOPOLOGY=allgather every run takes W ranks (at most 24)."""
+    runs = plan(study("scaling"), env(tmp_path))
+    assert {(opts(r.args)["--topology"], r.topology, r.mode) for r in runs} == {
+        ("server", "server", "async")}
+    assert all(r.ranks == r.workers + 1 for r in runs) and max(r.ranks for r in runs) == 25
+    ag = plan(study("scaling"), env(tmp_path, MODE="sync", TOPOLOGY="allgather"))
+    assert {(r.topology, r.mode) for r in ag} == {("allgather", "sync")}
+    assert all(r.ranks == r.workers for r in ag) and max(r.ranks for r in ag) == 24
+
+
+@NEW_TOPOLOGIES
+@pytest.mark.parametrize("topology, group", [("sparse-allreduce", None), ("hierarchical", None),
+                                             ("hierarchical", "2")])
+def test_new_topologies_pass_through(toy, tmp_path, topology, group):
+    e = env(tmp_path, DATASETS="a", METHODS="top-2", SEEDS="0", WORKERS="2 4", TOPOLOGY=topology)
+    if group:
+        e["GROUP_SIZE"] = group
+    runs = plan(toy, e)
+    assert [(r.topology, r.workers, r.ranks) for r in runs] == [(topology, 2, 2), (topology, 4, 4)]
+    o = opts(runs[0].args)
+    assert o["--topology"] == topology and o.get("--group-size") == group
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(TOPOLOGY="ring"), "argument --topology: invalid choice: 'ring'"),
+    (dict(TOPOLOGY="allgather", MODE="async"),
+     "--mode async needs --topology server, got --topology allgather (with TOPOLOGY=allgather "
+     "set MODE=sync)"),
+    (dict(TOPOLOGY="hierarchical", GROUP_SIZE="two"), "GROUP_SIZE must be an integer, got 'two'"),
+    pytest.param(dict(TOPOLOGY="allgather", GROUP_SIZE="2"),
+                 "--group-size (GROUP_SIZE) needs --topology hierarchical, got --topology "
+                 "allgather", marks=NEW_TOPOLOGIES),
+    pytest.param(dict(GROUP_SIZE="2"), "needs --topology hierarchical, got --topology server",
+                 marks=NEW_TOPOLOGIES),
+    pytest.param(dict(TOPOLOGY="hierarchical", GROUP_SIZE="0"),
+                 "run 0 (a top-2 W=1): --group-size must satisfy 1 <= G <= W = 1, got 0",
+                 marks=NEW_TOPOLOGIES),
+    pytest.param(dict(TOPOLOGY="hierarchical", GROUP_SIZE="2", WORKERS="2 1"),
+                 "run 2 (a top-2 W=1): --group-size must satisfy 1 <= G <= W = 1, got 2",
+                 marks=NEW_TOPOLOGIES),
+])
+def test_topology_refusals(toy, tmp_path, change, message):
+    with pytest.raises(MpimemError, match=re.escape(message)):
+        plan(toy, env(tmp_path, **change))
+
+
+def test_topology_reaches_the_job_script_and_meta(tmp_path):
+    """What jobs/common.sh evaluates: RUN_TOPOLOGY and RUN_RANKS (the world it launches), and the
+    meta.json text with the topology and the ranks; the study's async server refuses a serverless
+    TOPOLOGY without MODE=sync in one line, exit 2, before any run."""
+    e = {"DATA_DIR": str(tmp_path), "N": "300", "D": "20", "STUDY": "scaling"}
+    toml = str(STUDIES / "scaling.toml")
+    script = (f'eval "$({sys.executable} -m mpimem.studyplan run {toml} 1)" && '
+              'printf "%s\\n" "$RUN_TOPOLOGY" "$RUN_RANKS" "$RUN_WORKERS" "$RUN_META"')
+    for extra, want in (({}, ["server", "3", "2"]),
+                        ({"TOPOLOGY": "allgather", "MODE": "sync"}, ["allgather", "2", "2"])):
+        proc = run(["bash", "-c", script], timeout=60, env=dict(e, **extra), cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout.splitlines()
+        assert out[:3] == want
+        meta = __import__("json").loads(out[3])
+        assert (meta["topology"], meta["ranks"], meta["workers"]) == (want[0], int(want[1]), 2)
+    bad = run(["bash", "jobs/common.sh", "count", "scaling"], timeout=60, cwd=ROOT,
+              env={"TOPOLOGY": "allgather", "PYTHON": sys.executable, "DATA_DIR": str(tmp_path)})
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1
+    assert "--mode async needs --topology server" in bad.stderr and "MODE=sync" in bad.stderr
