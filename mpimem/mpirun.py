@@ -307,23 +307,27 @@ class Run:
 
     def gather_final(self):
         """Memories and timings to rank 0 by one buffer Gather into a preallocated table (no
-        pickles): rank r sends [m (d), timing, same], where same = 1 when its replica (z, s)
-        equals rank 0's, which is broadcast first. Returns (the workers' memories in worker
-        order, whether every replica equals rank 0's, each rank's timing) on rank 0."""
-        comm, d = self.comm, self.d
+        pickles): rank r sends [m (d), timing, bytes up, bytes down, same], where same = 1 when
+        its replica (z, s) equals rank 0's, which is broadcast first. Returns (the workers'
+        memories in worker order, whether every replica equals rank 0's, each rank's timing,
+        each rank's [bytes up, bytes down]: 0 for a server, whose traffic is its workers') on
+        rank 0."""
+        comm, d, t = self.comm, self.d, len(TIMING_COLUMNS)
         ref = np.append(self.replica.z, self.replica.s)
         comm.Bcast(ref, root=0)
-        row = np.zeros(d + len(TIMING_COLUMNS) + 1)
+        row = np.zeros(d + t + 3)
         if self.worker_id:
             row[:d] = self.ws.m
-        row[d:-1] = self.ws.timing if self.worker_id else self.timing
+            row[d + t: d + t + 2] = self.ws.bytes_up, self.ws.bytes_down
+        row[d: d + t] = self.ws.timing if self.worker_id else self.timing
         row[-1] = np.array_equal(self.replica.z, ref[:d]) and self.replica.s == ref[d]
         table = np.empty((comm.Get_size(), row.size)) if self.rank == 0 else None
         comm.Gather(row, table, root=0)
         if self.rank != 0:
             return None
         memories = table[0 if self.peer else 1:, :d]
-        return memories, bool(table[:, -1].all()), table[:, d:-1]
+        return (memories, bool(table[:, -1].all()), table[:, d: d + t],
+                table[:, d + t: d + t + 2].astype(np.int64))
 
     def attrs(self):
         from mpi4py import MPI
@@ -451,9 +455,10 @@ def train(cfg, explicit=()) -> int:
 
     def complete():  # every rank exits 2 if the disk refuses the final run file
         if run.rank == 0:
-            memories, identical, timing = final
+            memories, identical, timing, traffic = final
             writer.finish("complete", x=run.replica.x(), xbar=xbar_of(run.replica, run.averager),
                           memories=memories, timing=timing, timing_columns=TIMING_COLUMNS,
-                          extra_attrs={"replicas_identical": identical})
+                          extra_attrs={"replicas_identical": identical,
+                                       "bytes_per_rank": json.dumps(traffic.tolist())})
     agree(comm, complete)
     return 0

@@ -4,6 +4,8 @@ Real `mpiexec -n W` runs (W = 2..5, oversubscribed: correctness only) against th
 simulator bit for bit (x, xbar, every memory, byte counts; every replica equal to rank 0's);
 the tree's sum against the server's (1/W) sum_w u_w to 1e-12; byte counts against the formula;
 hierarchical with --group-size 2 at W = 4 against the flat sparse allreduce; bad settings."""
+import json
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,8 @@ def test_tree_run_equals_simulator_bit_for_bit(which, workers, opts, eps, rcv, t
     assert np.array_equal(run["final"]["memory"], sim.memories)
     assert run["metrics"]["bytes_up"][-1] == sim.bytes_up.sum()
     assert run["metrics"]["bytes_down"][-1] == sim.bytes_down.sum()
+    per_rank = json.loads(run["attrs"]["bytes_per_rank"])   # [up, down] of each rank
+    assert per_rank == [[int(u), int(d)] for u, d in zip(sim.bytes_up, sim.bytes_down)]
     if opts["topology"] == "hierarchical":   # no --group-size: every rank on this one node
         size = opts.get("group_size", workers)
         assert run["attrs"]["groups"] == str([list(range(g, min(g + size, workers)))
