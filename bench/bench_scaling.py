@@ -1,4 +1,5 @@
-"""`make bench-scaling`: sync server, async server and allgather at W = 1, 2, 4 workers for
+"""`make bench-scaling`: sync server, async server, allgather, sparse allreduce and hierarchical
+(groups per node) at W = 1, 2, 4 workers for
 top-k, rand-k (with memory) and plain SGD; samples/s, time to a target f - f*, bytes per
 sample, speed-up and efficiency. Writes bench/results/scaling.md (with the exact command) and
 bench/results/scaling.json (read by analysis/costmodel.py to validate the cost model).
@@ -24,7 +25,10 @@ from mpimem.launch import core_binding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
-DESIGNS = {"sync": [], "async": ["--mode", "async"], "allgather": ["--topology", "allgather"]}
+DESIGNS = {"sync": [], "async": ["--mode", "async"], "allgather": ["--topology", "allgather"],
+           "sparse-allreduce": ["--topology", "sparse-allreduce"],
+           "hierarchical": ["--topology", "hierarchical"]}
+SERVERLESS = ("allgather", "sparse-allreduce", "hierarchical")   # mpiexec -n W
 OPERATORS = {"top_k": ["--compressor", "top_k"], "rand_k": ["--compressor", "rand_k"],
              "none": ["--compressor", "none"]}
 
@@ -51,7 +55,7 @@ def one_run(data, design, operator, W, args, workdir):
     from mpimem.runfile import read_run
 
     out = os.path.join(workdir, f"{design}-{operator}-W{W}.h5")
-    ranks = W if design == "allgather" else W + 1
+    ranks = W if design in SERVERLESS else W + 1
     opts = ["train", data, "--out", out, "--overwrite", "--quiet", "--epochs", args.epochs, "--k", args.k,
             "--batch-size", args.batch_size,
             "--schedule", "bottou", "--gamma", "1", "--eval-every", args.epochs / 20,
@@ -80,9 +84,9 @@ def time_to(curve, target):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="scaling benchmark of the three designs")
+    ap = argparse.ArgumentParser(description="scaling benchmark of the designs")
     ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--designs", default="sync,async,allgather")
+    ap.add_argument("--designs", default=",".join(DESIGNS))
     ap.add_argument("--operators", default="top_k,rand_k,none")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--d", type=int, default=400)
@@ -121,7 +125,7 @@ def main(argv=None):
     mpi = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mpiexec"), "--version"],
                          capture_output=True, text=True).stdout.split("\n")[1:3]
     lines = [
-        "# Scaling: sync server vs async server vs allgather",
+        "# Scaling: sync server, async server, allgather, sparse allreduce, hierarchical",
         "",
         f"Command: `{command.strip()}`  ",
         f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
@@ -129,7 +133,7 @@ def main(argv=None):
         f"Data: epsilon-like synthetic n={args.n}, d={args.d}; {args.epochs} epoch(s); "
         f"bottou steps gamma=1; k={args.k}; b={args.batch_size}.  ",
         f"Target f(xbar) - f* = {target:.3e} (2x plain sync SGD's final gap at W={min(Ws)}).  ",
-        f"W+1 ranks (W for allgather) on {os.cpu_count()} cores: rows without a core per rank "
+        f"W+1 ranks (W without a server) on {os.cpu_count()} cores: rows without a core per rank "
         "are oversubscribed (MPICH ranks poll while waiting), so their speed-ups measure "
         "contention, not the designs' scaling; see docs/scaling.md for the cost model's "
         "extrapolation.  ",
