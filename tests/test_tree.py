@@ -34,6 +34,10 @@ CASES = [
     ("rcv", 5, dict(topology="sparse-allreduce", compressor="top_k", k=10, l2="server")),
     ("rcv", 4, dict(topology="hierarchical", group_size=2, compressor="top_k", k=10)),
     ("eps", 3, dict(topology="hierarchical", compressor="top_k", k=2, method="ef21")),
+    ("eps", 3, dict(topology="hierarchical", group_size=2, compressor="sign",
+                    schedule="constant", gamma=0.05)),
+    ("rcv", 2, dict(topology="sparse-allreduce", compressor="none", l2="server",
+                    schedule="bottou", gamma=1.0)),   # plain SGD: sparse messages of any size
 ]
 
 
