@@ -104,6 +104,16 @@ def _fmt(v):
     return v
 
 
+def _panels_by_dataset(runs, width, height):
+    """(pyplot, runs by data set, figure, axes row, colours by label): one panel of width x
+    height inches per data set, the start of every per-data-set figure."""
+    plt = _mpl()
+    by_ds = _group(runs, lambda r: r.dataset)
+    fig, axes = plt.subplots(1, max(1, len(by_ds)), figsize=(width * max(1, len(by_ds)), height),
+                             squeeze=False)
+    return plt, by_ds, fig, axes, _label_style(r.label for r in runs)
+
+
 def _group(runs, key):
     out = defaultdict(list)
     for r in runs:
@@ -194,11 +204,7 @@ def _excluded_curves(ax, runs, x, y, colors):
 
 # -- (a) theory --------------------------------------------------------------------------------
 def fig_theory(runs, problems, table):
-    plt = _mpl()
-    by_ds = _group(runs, lambda r: r.dataset)
-    fig, axes = plt.subplots(1, max(1, len(by_ds)), figsize=(5 * max(1, len(by_ds)), 4),
-                             squeeze=False)
-    colors = _label_style(r.label for r in runs)
+    plt, by_ds, fig, axes, colors = _panels_by_dataset(runs, 5, 4)
     for ax, group in zip(axes[0], by_ds.values()):
         for r in group:
             if not r.usable:
@@ -223,11 +229,7 @@ def fig_theory(runs, problems, table):
 
 # -- (b) qsgd ----------------------------------------------------------------------------------
 def fig_qsgd(runs, problems, table, target=None):
-    plt = _mpl()
-    by_ds = _group(runs, lambda r: r.dataset)
-    fig, axes = plt.subplots(1, max(1, len(by_ds)), figsize=(6 * max(1, len(by_ds)), 4.5),
-                             squeeze=False)
-    colors = _label_style(r.label for r in runs)
+    plt, by_ds, fig, axes, colors = _panels_by_dataset(runs, 6, 4.5)
     report = []
     for ax, (ds, group) in zip(axes[0], by_ds.items()):
         done = [r for r in group if r.usable]
@@ -284,11 +286,7 @@ def fig_communication(runs, problems, table):
     MB each run needed to reach the panel's target gap (the largest best gap among its usable
     runs) goes into the table. A panel whose data set has no f* draws f(xbar) - the best f(xbar)
     of its runs (the axis label says so)."""
-    plt = _mpl()
-    by_ds = _group(runs, lambda r: r.dataset)
-    fig, axes = plt.subplots(1, max(1, len(by_ds)), figsize=(6 * max(1, len(by_ds)), 4.5),
-                             squeeze=False)
-    colors = _label_style(r.label for r in runs)
+    plt, by_ds, fig, axes, colors = _panels_by_dataset(runs, 6, 4.5)
     for ax, group in zip(axes[0], by_ds.values()):
         done = [r for r in group if r.usable]
         no_fstar = any(np.all(np.isnan(r.metrics["subopt_xbar"])) for r in done)

@@ -177,6 +177,18 @@ def _exchange_sizes(mpi, slot, fixed, msg, nbytes, ask, sizes, recv, counts, dis
 
 
 @njit(cache=CACHE)
+def peer_step(P, mpi, shard, ws, cs, z, scale, worker, r, r1, started, budget, delay):
+    """A serverless rank's steps 1-1.2 of round r (the sync clock's eta), the test hook's sleep,
+    and whether it asks the segment to end after this round (rank 0, its `budget` seconds
+    since `started` spent). Returns (the message's bytes, the clock after the sleep, ask)."""
+    eta = step.eta_of(P, r * P[step.P_B])
+    nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, mpi)
+    sleep(mpi, delay)
+    t0 = now(mpi)
+    return nbytes, t0, worker == 1 and r + 1 < r1 and t0 - started >= budget
+
+
+@njit(cache=CACHE)
 def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, G, avg, track, slot, fixed, sizes,
                       recv, counts, displs, worker, r0, r1, budget, delay):
     """Every rank of `--topology allgather` for rounds r0 .. r1-1 (module docstring); fixed:
@@ -188,11 +200,8 @@ def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, G, avg, track, slot,
     out = agg[4]
     started = now(mpi)
     for r in range(r0, r1):
-        eta = step.eta_of(P, r * P[step.P_B])
-        nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, mpi)
-        sleep(mpi, delay)
-        t0 = now(mpi)
-        ask = worker == 1 and r + 1 < r1 and t0 - started >= budget
+        nbytes, t0, ask = peer_step(P, mpi, shard, ws, cs, z, scale, worker, r, r1, started,
+                                    budget, delay)
         stop, received = _exchange_sizes(mpi, slot, fixed, msg, nbytes, ask, sizes, recv,
                                          counts, displs)
         t1 = now(mpi)

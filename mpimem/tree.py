@@ -36,8 +36,8 @@ from numba import njit
 
 from . import step
 from .kernels import CACHE
-from .mpicall import now, received_bytes, recv, send, sleep
-from .segments import TAG_UP, _account, _receive_downlink, _send_downlink
+from .mpicall import now, received_bytes, recv, send
+from .segments import TAG_UP, _account, _receive_downlink, _send_downlink, peer_step
 
 TAG_SUM = 12
 # slots of a rank's plan row (TreePlan.row)
@@ -175,11 +175,9 @@ def tree_segment(P, mpi, gmpi, shard, ws, cs, agg, z, scale, G, avg, track, row,
     cap = rbuf.size
     started = now(mpi)
     for r in range(r0, r1):
-        eta = step.eta_of(P, r * P[step.P_B])
-        nbytes = step.worker_step(P, shard, ws, cs, z, scale, worker, r, eta, mpi)
-        sleep(mpi, delay)
-        t0 = now(mpi)
-        stop = np.int64(worker == 1 and r + 1 < r1 and t0 - started >= budget)
+        nbytes, t0, ask = peer_step(P, mpi, shard, ws, cs, z, scale, worker, r, r1, started,
+                                    budget, delay)
+        stop = np.int64(ask)
         if not leader:
             send(mpi, msg, nbytes, row[R_LEADER], TAG_UP)   # (worker_step counted it up)
             t1 = now(mpi)

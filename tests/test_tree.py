@@ -15,16 +15,8 @@ from mpimem.data.dataset import read_meta, read_shard
 from mpimem.engine import RoundRule, ShardData, compressor_for
 from mpimem.errors import MpimemError
 from mpimem.runfile import read_run
-from mpimem.simulate import simulate
 from mpimem.tree import TreePlan, tree_sum
-from test_train_mpi import cli_args
-
-
-def oracle(data, workers, opts):
-    meta = read_meta(data)
-    cfg = resolve(merge(dict(data=data, **opts)), meta.n, meta.d, workers)
-    shards = [read_shard(data, w, workers) for w in range(workers)]
-    return simulate(cfg, [(s.X, s.y) for s in shards], meta.d, evaluate=False)
+from test_train_mpi import cli_args, oracle
 
 
 CASES = [
