@@ -24,6 +24,18 @@ def cli_args(opts):
     return args
 
 
+def assert_equals_simulator(run, sim, workers):
+    """A complete run file of W workers equals the simulator's run bit for bit: every replica
+    equal to rank 0's, x, xbar, every memory, the byte totals."""
+    assert run["attrs"]["status"] == "complete" and run["attrs"]["workers"] == workers
+    assert bool(run["attrs"]["replicas_identical"])
+    assert np.array_equal(run["final"]["x"], sim.x)
+    assert np.array_equal(run["final"]["xbar"], sim.xbar)
+    assert np.array_equal(run["final"]["memory"], sim.memories)
+    assert run["metrics"]["bytes_up"][-1] == sim.bytes_up.sum()
+    assert run["metrics"]["bytes_down"][-1] == sim.bytes_down.sum()
+
+
 def oracle(data, workers, opts):
     """The simulator's run of the same settings on the same shards."""
     meta = read_meta(data)
@@ -70,15 +82,7 @@ def test_mpi_run_equals_simulator_bit_for_bit(which, workers, opts, eps, rcv, tm
                    timeout=180, check=True)
     assert proc.stdout == ""  # --quiet: nobody prints
     run = read_run(out)
-    sim = oracle(data, workers, opts)
-    assert run["attrs"]["status"] == "complete"
-    assert run["attrs"]["workers"] == workers
-    assert bool(run["attrs"]["replicas_identical"])
-    assert np.array_equal(run["final"]["x"], sim.x)
-    assert np.array_equal(run["final"]["xbar"], sim.xbar)
-    assert np.array_equal(run["final"]["memory"], sim.memories)
-    assert run["metrics"]["bytes_up"][-1] == sim.bytes_up.sum()
-    assert run["metrics"]["bytes_down"][-1] == sim.bytes_down.sum()
+    assert_equals_simulator(run, oracle(data, workers, opts), workers)
     assert run["timing"]["seconds"].shape == (workers + 1, 5)
 
 

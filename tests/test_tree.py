@@ -16,7 +16,7 @@ from mpimem.engine import RoundRule, ShardData, compressor_for
 from mpimem.errors import MpimemError
 from mpimem.runfile import read_run
 from mpimem.tree import TreePlan, tree_sum
-from test_train_mpi import cli_args, oracle
+from test_train_mpi import assert_equals_simulator, cli_args, oracle
 
 
 CASES = [
@@ -43,13 +43,7 @@ def test_tree_run_equals_simulator_bit_for_bit(which, workers, opts, eps, rcv, t
     run_mpi(workers, ["train", data, "--out", out, "--quiet", *cli_args(opts)], timeout=180,
             check=True)
     run, sim = read_run(out), oracle(data, workers, opts)
-    assert run["attrs"]["status"] == "complete" and run["attrs"]["workers"] == workers
-    assert bool(run["attrs"]["replicas_identical"])
-    assert np.array_equal(run["final"]["x"], sim.x)
-    assert np.array_equal(run["final"]["xbar"], sim.xbar)
-    assert np.array_equal(run["final"]["memory"], sim.memories)
-    assert run["metrics"]["bytes_up"][-1] == sim.bytes_up.sum()
-    assert run["metrics"]["bytes_down"][-1] == sim.bytes_down.sum()
+    assert_equals_simulator(run, sim, workers)
     per_rank = json.loads(run["attrs"]["bytes_per_rank"])   # [up, down] of each rank
     assert per_rank == [[int(u), int(d)] for u, d in zip(sim.bytes_up, sim.bytes_down)]
     if opts["topology"] == "hierarchical":   # no --group-size: every rank on this one node
