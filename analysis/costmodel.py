@@ -84,7 +84,7 @@ import numpy as np
 from numba import njit
 
 from mpimem import mpicall as mc
-from mpimem.launch import core_binding
+from mpimem.launch import mpiexec_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGNS = ("sync", "async", "allgather", "sparse-allreduce", "hierarchical")
@@ -132,11 +132,7 @@ def pingpong(sizes=SIZES, reps=200):
 
 def measure_pingpong(reps=200, timeout=120):
     """Launch the ping-pong with this interpreter's mpiexec; {bytes: seconds one-way}."""
-    bindir = os.path.dirname(sys.executable)
-    mpiexec = os.path.join(bindir, "mpiexec")
-    if not os.path.exists(mpiexec):
-        mpiexec = "mpiexec"
-    cmd = [mpiexec, *core_binding(2), "-n", "2", sys.executable, "-m", "analysis.costmodel", "pingpong",
+    cmd = [*mpiexec_command(2), sys.executable, "-m", "analysis.costmodel", "pingpong",
            "--reps", str(reps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           check=True)
@@ -453,11 +449,6 @@ TOPOLOGY = {"server": "server", "allgather": "allgather", "sparse-allreduce": "s
             "hierarchical": "hierarchical"}
 
 
-def _mpiexec():
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return mpiexec if os.path.exists(mpiexec) else "mpiexec"
-
-
 def measured_bytes(design, W, compressor, k, data, workdir, G=2, epochs=1.0, timeout=300):
     """Run `mpiexec -n ranks python -m mpimem train DATA --topology ...` (ranks W + 1 for the
     server, else W; oversubscribed is fine: bytes do not depend on timing) and return the
@@ -467,13 +458,14 @@ def measured_bytes(design, W, compressor, k, data, workdir, G=2, epochs=1.0, tim
     ranks = W + 1 if design == "server" else W
     tag = f"{design}-W{W}-{compressor}-k{k}" + (f"-G{G}" if design == "hierarchical" else "")
     out = os.path.join(workdir, tag + ".h5")
-    cmd = [_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpimem", "train", data,
+    cmd = [*mpiexec_command(ranks), sys.executable, "-m", "mpimem", "train", data,
            "--topology", TOPOLOGY[design], "--compressor", compressor, "--k", str(k),
            "--epochs", str(epochs), "--out", out, "--overwrite", "--quiet",
            "--checkpoint-every", "off", "--eval-every", str(epochs)]
     if design == "hierarchical":
         cmd += ["--group-size", str(G)]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MPIMEM_EXPECT_RANKS=str(ranks))   # a launcher that started singletons fails
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}: "

@@ -23,11 +23,10 @@ import numpy as np
 from numba import njit
 
 from mpimem import mpicall as mc
-from mpimem.launch import core_binding
+from mpimem.launch import mpiexec_command
 
 warnings.filterwarnings("ignore", message="Cannot cache compiled function")
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-BIN = os.path.dirname(sys.executable)
 
 
 @njit(cache=True)
@@ -85,7 +84,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.child:
         return child(args.rounds, args.blocks)
-    cmd = [os.path.join(BIN, "mpiexec"), *core_binding(2), "-n", "2", sys.executable, "-m",
+    cmd = [*mpiexec_command(2), sys.executable, "-m",
            "bench.bench_mpicall",
            "--child", "--rounds", str(args.rounds), "--blocks", str(args.blocks)]
     runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from mpimem.launch import core_binding
+from mpimem.launch import mpiexec_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -36,9 +36,7 @@ OPERATORS = {"top_k": ["--compressor", "top_k"], "rand_k": ["--compressor", "ran
 def mpimem(*args, nranks=None, timeout=300):
     cmd = [sys.executable, "-m", "mpimem", *map(str, args)]
     if nranks:
-        mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-        cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", *core_binding(nranks), "-n",
-               str(nranks)] + cmd
+        cmd = mpiexec_command(nranks) + cmd
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           check=True)
 
@@ -122,7 +120,7 @@ def main(argv=None):
         r["efficiency"] = r["speedup"] / r["W"]
     command = "make bench-scaling  # = python -m bench.bench_scaling " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]))
-    mpi = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mpiexec"), "--version"],
+    mpi = subprocess.run([mpiexec_command(1)[0], "--version"],
                          capture_output=True, text=True).stdout.split("\n")[1:3]
     lines = [
         "# Scaling: sync server, async server, allgather, sparse allreduce, hierarchical",

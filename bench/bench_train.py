@@ -28,14 +28,13 @@ import numpy as np
 
 from mpimem.config import merge, resolve
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.launch import core_binding
+from mpimem.launch import mpiexec_command
 from mpimem.engine import RoundRule, ShardData, compressor_for, make_averager
 from mpimem.objective import objective
 from mpimem.reference import Reference, Settings
 from mpimem.runfile import read_run
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-BIN = os.path.dirname(sys.executable)
 MAIN_OP = {"epsilon": dict(compressor="top_k", k=1), "rcv1": dict(compressor="top_k", k=50)}
 REF_SAMPLES = {"epsilon": 4000, "rcv1": 1000}  # timed reference samples (and as many warm-up)
 
@@ -79,8 +78,7 @@ def worker_micro(data, shard, opts, rounds):
 
 def mpi_run(data, workers, opts, out):
     """`mpiexec -n W+1 mpimem train` (replacing an earlier bench run's file); its run file."""
-    args = [os.path.join(BIN, "mpiexec"), *core_binding(workers + 1), "-n", str(workers + 1),
-            sys.executable, "-m", "mpimem",
+    args = [*mpiexec_command(workers + 1), sys.executable, "-m", "mpimem",
             "train", data, "--out", out, "--quiet", "--overwrite"]
     for key, value in opts.items():
         flag = f"--{key.replace('_', '-')}"

@@ -190,7 +190,9 @@ class RoundRule:
 
     def k_at(self, r: int) -> int:
         """k of round r: the warm-up's k of its epoch (r W b) // n, else the target k."""
-        e = r * self.workers * self.b // self.n if self.k_schedule else 0
+        if not self.k_schedule:
+            return self.cfg.k
+        e = r * self.workers * self.b // self.n
         return self.k_schedule[e] if e < len(self.k_schedule) else self.cfg.k
 
     def set_round(self, r: int) -> None:

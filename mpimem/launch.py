@@ -8,6 +8,15 @@ start-up did not help: 32.6). On a cluster use the launcher's binding (`srun --c
 Open MPI's `--bind-to core`).
 """
 import os
+import sys
+
+
+def mpiexec_command(ranks: int) -> list:
+    """`mpiexec [-bind-to core] -n RANKS`: the launcher beside this interpreter (the venv's,
+    from the MPICH wheel), else the one on PATH."""
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return [mpiexec if os.path.exists(mpiexec) else "mpiexec", *core_binding(ranks), "-n",
+            str(ranks)]
 
 
 def core_binding(ranks: int) -> list:

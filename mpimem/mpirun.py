@@ -119,13 +119,14 @@ class Run:
         if self.rank == 0 and not self.peer:
             self.inbox = np.zeros((self.workers, slot), np.uint8)
             self.sizes = np.zeros(self.workers, np.int64)
-        if self.peer:  # allgather: own [size, message] slot, sizes, received, counts, displs
-            W = self.workers
+        if self.peer:
+            self.delay = slow_worker_delay(self.rank)
+        if self.cfg.topology == "allgather":  # own [size, message] slot, sizes, received,
+            W = self.workers                  # counts, displs
             self.fixed_up = self.rule.fixed_message_bytes(self.meta.storage == "dense")
             self.exchange = (np.zeros(8 + slot, np.uint8), np.zeros(W, np.int64),
                              np.zeros(W * (8 + slot), np.uint8), np.zeros(W, np.int32),
                              np.zeros(W, np.int32))
-            self.delay = slow_worker_delay(self.rank)
         if self.cfg.topology in TREE_TOPOLOGIES:
             self.tree_setup(slot)
         if self.worker_id:

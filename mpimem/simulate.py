@@ -36,12 +36,13 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
     states = [rule.new_worker(w, s) for w, s in enumerate(data, start=1)]
     replica = rule.new_replica()
     averager = make_averager(cfg, d)
-    agg = rule.make_aggregator()
     tree = cfg.topology in TREE_TOPOLOGIES
     if tree:
         from .tree import TreePlan, tree_round
         plan = TreePlan.for_run(cfg.topology, workers, cfg.group_size)
         aggs = [rule.make_aggregator() for _ in plan.groups]
+    else:
+        agg = rule.make_aggregator()
     rounds = total_rounds(cfg, n, workers)
     evals = set(eval_rounds(cfg, n, workers, rounds)) if evaluate else set()
     history = []
