@@ -4,9 +4,8 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
 
-.PHONY: install demo test bench bench-scaling figures clean
+.PHONY: install demo test test-openmpi bench bench-scaling figures clean
 
 install: $(STAMP)
 
@@ -14,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[mpich,test,figures]'
+	# compile every kernel for this CPU into the install's cache (<venv>/var/cache/mpimem, README "Compiled code")
+	$(PY) -m mpimem.warm || echo "make: mpimem.warm did not complete; kernels are compiled when first used"
 	touch $(STAMP)
 
 demo: install
@@ -21,6 +22,9 @@ demo: install
 
 test: install
 	bash tests/run-tests.sh
+
+test-openmpi:   # the mpi_core tests under Open MPI, in .venv-openmpi (also the end of `make test`)
+	PYTHON=$(PYTHON) bash tests/run-openmpi.sh
 
 bench: install
 	$(PY) -m bench.run_all $(BENCH_ARGS)
@@ -32,4 +36,4 @@ figures: install   # into build/figures; `make figures FIGURES_OUT=docs/figures`
 	FIGURES_OUT='$(FIGURES_OUT)' bash analysis/make-figures.sh
 
 clean:
-	rm -rf $(VENV) demo-out results build *.egg-info
+	rm -rf $(VENV) .venv-openmpi demo-out results build *.egg-info

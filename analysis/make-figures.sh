@@ -32,5 +32,5 @@ for s in ${STUDIES:-theory qsgd scaling weak}; do
     [[ -n ${SIZES[$s]:-} ]] || { echo "make-figures: unknown study $s (theory qsgd scaling weak)" >&2; exit 2; }
     eval "study $s ${SIZES[$s]}"
 done
-python -m analysis.figures "$RESULTS" --out "$FIGDIR"
+python -m analysis.figures "$RESULTS" --out "$FIGDIR" --overwrite   # this target regenerates them
 echo "make-figures: done in $((SECONDS - t0)) s; figures and summary in $FIGDIR"

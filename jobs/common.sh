@@ -27,8 +27,9 @@
 #   SYNTH=0 (never generate a missing data set)  LAUNCHER auto|srun|mpiexec  SRUN_MPI (pmi2)
 #   JOB_ID (result folder name; default $SLURM_ARRAY_JOB_ID / $SLURM_JOB_ID / local-<time>)
 #   PYTHON (python)  MPIMEM_ROOT (the repository; default: found from the job script)
-# Exit status: 0 when every run of the task is complete; 75 when stopped by a signal (the job
-# requeues itself); 2 when the study cannot run as written; 1 otherwise.
+# Exit status: 0 when every run of the task is complete or diverged (mpimem train exit 3, run file
+# status "diverged": a result, logged and counted, never rerun or resumed); 75 when stopped by a
+# signal (the job requeues itself); 2 when the study cannot run as written; 1 otherwise.
 
 _mm_log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${STUDY:-?}" "$*" >&2; }
 
@@ -58,7 +59,7 @@ _mm_setup() {
 # asks for anything this mpimem cannot run (one line, exit 2).
 _mm_plan() { "$PYTHON" -m mpimem.studyplan "$1" "$STUDY_TOML" "${@:2}"; }
 
-# status and ranks of a run file: "complete 3", "running 3", "missing", "unreadable"
+# status and ranks of a run file: "complete 3", "diverged 3", "running 3", "missing", "unreadable"
 _mm_run_status() {
     [[ -e $1 ]] || { echo missing; return; }
     "$PYTHON" - "$1" <<'PY' 2>/dev/null || echo unreadable
@@ -160,6 +161,7 @@ _mm_run_one() {
     mkdir -p "$dir"
     st=$(_mm_run_status "$run")
     if [[ $st == complete* ]]; then _mm_log "run $idx ($RUN_DATASET $RUN_LABEL W=$RUN_WORKERS): already complete"; return 0; fi
+    if [[ $st == diverged* ]]; then _mm_log "run $idx ($RUN_DATASET $RUN_LABEL W=$RUN_WORKERS): already diverged (kept, not rerun)"; return 4; fi
     local resume=()
     if [[ $st != missing ]]; then
         if compgen -G "${run%.h5}.ckpt/ckpt-*.h5" >/dev/null; then
@@ -208,6 +210,11 @@ json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$di
         _mm_log "run $idx: stopped by SIG${MM_GOT_SIGNAL:-?} (status: $st, exit $rc)"
         return 3
     fi
+    if [[ $rc -eq 3 && $st == "diverged $ranks" ]]; then   # mpimem stopped it: a result
+        _mm_log "run $idx: DIVERGED (exit 3, run file: $st); see $dir/train.log"
+        tail -n 1 "$dir/train.log" >&2
+        return 4
+    fi
     if [[ $rc -ne 0 || $st != "complete $ranks" ]]; then
         _mm_log "run $idx: FAILED (exit $rc, run file: $st, expected complete with $ranks ranks); see $dir/train.log"
         tail -n 5 "$dir/train.log" >&2
@@ -219,7 +226,7 @@ json.dump(m, open(sys.argv[3], "w"), indent=1)' "$MM_JOB" "${MM_LAUNCH[*]}" "$di
 mm_main() {
     _mm_setup || exit 2
     MM_JOB=${JOB_ID:-${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local-$(date +%Y%m%d-%H%M%S)}}}
-    local count idx start=0 stride=1 failed=0 rc
+    local count idx start=0 stride=1 failed=0 diverged=0 rc
     count=$(_mm_plan count) || exit 2
     if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
         start=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0}))
@@ -239,8 +246,10 @@ mm_main() {
             fi
             exit 75
         fi
+        if [[ $rc -eq 4 ]]; then diverged=$((diverged + 1)); rc=0; fi
         [[ $rc -ne 0 ]] && failed=$((failed + 1))
     done
+    [[ $diverged -eq 0 ]] || _mm_log "$diverged run(s) diverged (status diverged in RUN.h5)"
     [[ $failed -eq 0 ]] || { _mm_log "$failed run(s) failed"; exit 1; }
     _mm_log "done"
 }

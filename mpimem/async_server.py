@@ -143,8 +143,12 @@ class AsyncServer:
 class PausePoints:
     """Where the segments end (updates applied, multiples of W) and what every rank does there."""
 
-    def __init__(self, run, writer):
+    def __init__(self, run, writer, synced=None):
+        """synced: rank 0's AsyncServer.synced, called right after each evaluation has
+        re-synchronised the replicas, so that a checkpoint at that pause point saves the
+        counters as the run goes on from them (no pull then resends coordinates)."""
         self.run, self.writer, self.W = run, writer, run.workers
+        self.synced = synced
         self.start = run.start_round * run.workers
         self.total = run.rounds * run.workers     # messages: same samples as the sync loop
         self.evals = [r * run.workers for r in run.evals]
@@ -159,7 +163,9 @@ class PausePoints:
         return min(points)
 
     def is_eval(self, applied):
-        return applied in self.evals and not (applied == self.start and self.start > 0)
+        # a resumed run's checkpoint at its first pause point has that row (and was taken
+        # after the re-synchronisation), also when it is round 0 (a signal during start-up)
+        return applied in self.evals and not (applied == self.start and self.run.cfg.resume)
 
     def meet(self, applied):
         """Collective at pause point `applied`: evaluate (re-synchronising the replicas) if it
@@ -168,6 +174,8 @@ class PausePoints:
         run, r, is_eval = self.run, applied // self.W, self.is_eval(applied)
         if is_eval:
             run.record(run.evaluate(r, self.started, sync_replicas=True), self.writer)
+            if self.synced is not None:
+                self.synced()
         if applied == self.total:
             run.ck.final(run.rounds, self.started)
             fault_point("shutdown", run.rank)  # a signal from here on is ignored
@@ -189,11 +197,9 @@ def async_loop(run, writer):
 def serve(run, writer, counters):
     """Rank 0: segments of grants between pause points, then the statistics."""
     server = AsyncServer(run, counters)       # loads the compiled loop before the clock starts
-    points = PausePoints(run, writer)
+    points = PausePoints(run, writer, server.synced)
     while True:
         outcome = points.meet(server.applied)
-        if points.is_eval(server.applied):
-            server.synced()
         if outcome == "final":
             break
         if outcome == "preempted":

@@ -51,7 +51,7 @@ from .errors import MpimemError, fault_point
 from .metrics import METRICS
 from .runfile import check_output_dir, replace_file, run_id_of
 from .server_state import ServerState
-from .signals import Signals
+from .signals import Signals, settle
 
 FORMAT = "mpimem-checkpoint"
 FORMAT_VERSION = 1
@@ -300,7 +300,8 @@ def locate(target: str):
         directory, run_id = target, None
     candidates = list_checkpoints(directory)
     if not candidates:
-        raise MpimemError(f"--resume {target}: no checkpoints in {directory}")
+        raise MpimemError(f"--resume {target}: no checkpoints in {directory}"
+                          + _why_none(target) + "; start the run again (--overwrite)")
     notes = []
     for path in candidates:
         try:
@@ -316,6 +317,55 @@ def locate(target: str):
         return found, notes, target if os.path.isfile(target) else _run_file_next_to(directory, found)
     raise MpimemError(f"--resume {target}: no valid checkpoint of this run in {directory} "
                       f"({len(candidates)} tried; the newest: {notes[0]})")
+
+
+def lock_run(cfg, head=None):
+    """Rank 0, before anything of the run is created or changed: the output path checked
+    (mpimem.runfile.check_run_path), the run locked (mpimem.runlock: one line when another job
+    holds it, a note when a dead one's lock is taken over; head: the checkpoint's attributes of
+    --resume). Returns the held RunLock. A complete run is refused next (refuse_complete)."""
+    import sys
+
+    from .runfile import check_run_path
+    from .runlock import RunLock
+
+    run_id = str(head.get("run_id", "")) if head is not None else None
+    check_run_path(cfg.out, cfg.overwrite, run_id)
+    return RunLock(cfg.out).acquire(note=lambda text: print(f"mpimem train: note: {text}",
+                                                            file=sys.stderr, flush=True))
+
+
+def refuse_complete(run_path: str, head: dict, resume: str) -> None:
+    """Rank 0 under the run lock, after the settings are checked: MpimemError "run is complete;
+    nothing to resume" when `head` (the checkpoint's attributes) is the run's final checkpoint
+    and `run_path` is this run's run file with status complete."""
+    run_id = str(head.get("run_id", ""))
+    if int(head["round"]) < int(head["rounds"]):
+        return                                    # rounds left to run after this checkpoint
+    try:
+        with h5py.File(run_path, "r", locking=False) as h5:
+            attrs = {k: h5.attrs.get(k, "") for k in ("status", "run_id", "finished")}
+    except (OSError, KeyError, ValueError):
+        return                                    # missing or damaged: recreated by the resume
+    attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
+    if attrs["status"] == "complete" and attrs["run_id"] == run_id:
+        raise MpimemError(f"--resume {resume}: run is complete; nothing to resume ({run_path} "
+                          f"finished {attrs['finished'] or '?'}; start a new run with another --out)")
+
+
+def _why_none(target: str) -> str:
+    """Why a run has no checkpoint, from its run file's status ('' when unknown): a job that
+    died (Hydra's forced abort, SIGKILL, a lost node) leaves it "running"."""
+    try:
+        with h5py.File(target, "r", locking=False) as h5:
+            status = h5.attrs.get("status")
+            status = status.decode() if isinstance(status, bytes) else status
+    except (OSError, KeyError, ValueError):
+        return ""
+    if status == "running":
+        return (" (the run file says 'running': its job ended, e.g. killed, before the run's "
+                "first checkpoint)")
+    return f" (the run file says '{status}')" if status else ""
 
 
 def _format_of(path: str):
@@ -542,14 +592,17 @@ class Checkpointing:
             self.save(r, started, "signal" if flags & STOP else "interval")
         if flags & STOP:
             self.stopped_at = r
+            settle()    # checkpointed: a later signal cannot turn exit 75 into a kill
             return "preempted"
         return None
 
     def final(self, r, started):
-        """After the last round: the NaN check and the final checkpoint (collective)."""
+        """After the last round: the NaN check and the final checkpoint (collective); from
+        here on signals are ignored (mpimem.signals.settle): the run completes, exit 0."""
         self._check(self._sync(r), r)
         if self.enabled:
             self.save(r, started, "final")
+        settle()
 
     # the checkpoint itself (collective) --------------------------------------
     def save(self, r, started, reason):

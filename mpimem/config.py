@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import numbers
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -157,10 +158,55 @@ def _choice(name, value, choices):
         raise MpimemError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got '{value}'")
 
 
+ZERO_INTERVAL = re.compile(r"0*(\.0*)?\s*(s|sec|m|min|h)?")
+
+
+def check_checkpoints(cfg: TrainConfig) -> None:
+    """--checkpoint-every and --keep-checkpoints, as mpimem.checkpoint reads them: a zero
+    interval ('0', '0s', 0.0 in TOML) is refused with the spelling that turns checkpoints off
+    ('off': none at all, not even the final one), never read as 'off'."""
+    from .checkpoint import parse_every
+
+    every = cfg.checkpoint_every
+    if every is not None:
+        text = str(every).strip().lower()
+        if ZERO_INTERVAL.fullmatch(text) and any(ch == "0" for ch in text):
+            raise MpimemError(f"--checkpoint-every must be > 0, got '{every}' (a number of "
+                              f"rounds like 500 or a time like 30s; --checkpoint-every off "
+                              f"writes no checkpoints, not even the final one)")
+        parse_every(text)
+    if cfg.keep_checkpoints is None or cfg.keep_checkpoints < 1:
+        raise MpimemError(f"--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """The checks that need no data set and no W (run first by resolve, so that `train` and
+    `--dump-config` refuse the same; the study planner runs them before any run starts):
+    budget, batch size, evaluation interval, checkpoints, the k warm-up, lambda and gamma when
+    given. MpimemError on the first fault."""
+    if cfg.batch_size is None or cfg.batch_size < 1:
+        raise MpimemError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.samples is not None and cfg.samples < 1:
+        raise MpimemError(f"--samples must be >= 1, got {cfg.samples}")
+    if cfg.samples is None and not (cfg.epochs is not None and cfg.epochs > 0
+                                    and math.isfinite(cfg.epochs)):
+        raise MpimemError(f"--epochs must be > 0 and finite, got {cfg.epochs}")
+    if cfg.eval_every is not None and not cfg.eval_every > 0:
+        raise MpimemError(f"--eval-every must be > 0 epochs, got {cfg.eval_every}")
+    check_checkpoints(cfg)
+    if cfg.k_warmup is None or cfg.k_warmup < 0:
+        raise MpimemError(f"--k-warmup must be a whole number of epochs >= 0, got {cfg.k_warmup}")
+    if cfg.lam is not None and not (math.isfinite(cfg.lam) and cfg.lam >= 0):
+        raise MpimemError(f"--lam must be a finite number >= 0, got {cfg.lam}")
+    if cfg.gamma is not None and not (cfg.gamma > 0 and math.isfinite(cfg.gamma)):
+        raise MpimemError(f"--gamma must be > 0, got {cfg.gamma}")
+
+
 def resolve(cfg: TrainConfig, n: int, d: int, workers: int) -> TrainConfig:
     """Check every setting against the data set (n rows, d features) and W workers; make k,
     lambda, the steps, the shift and the evaluation interval concrete. Raises MpimemError on the
-    first fault."""
+    first fault. `mpimem train` and `--dump-config` both call it: one validation for both."""
+    check_settings(cfg)
     _choice("compressor", cfg.compressor, COMPRESSORS)
     _choice("averaging", cfg.averaging, AVERAGINGS)
     _choice("l2", cfg.l2, L2_PLACEMENTS)
@@ -210,7 +256,7 @@ def _check_system(cfg: TrainConfig, n: int, d: int, workers: int) -> None:
     if cfg.samples is not None and cfg.samples < 1:
         raise MpimemError(f"--samples must be >= 1, got {cfg.samples}")
     if cfg.samples is None and not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
-        raise MpimemError(f"--epochs must be > 0, got {cfg.epochs}")
+        raise MpimemError(f"--epochs must be > 0 and finite, got {cfg.epochs}")
 
 
 def _resolve_operator(cfg: TrainConfig, d: int) -> None:

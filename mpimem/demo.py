@@ -40,7 +40,7 @@ def main() -> int:
     started = time.time()
     if not _usable(data):
         subprocess.run(mpimem("data", "synth", "--like", "epsilon", "--n", 10000, "--d", 2000,
-                              "--seed", 1, data), check=True)
+                              "--seed", 1, "--overwrite", data), check=True)
         subprocess.run(mpimem("data", "optimum", data), check=True)
     rows = []
     for i, (label, opts) in enumerate(RUNS, start=1):

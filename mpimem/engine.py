@@ -179,7 +179,8 @@ class RoundRule:
     def uses_index(self, shard: ShardData) -> bool:
         """The incremental top-k index (mpimem.topk_index) when a round changes only the rows'
         nonzeros and the last selection of the memory: CSR rows, memory, server-side L2, a
-        fixed k, Mem-SGD (EF21 compresses grad - h_w, which changes wherever h_w is nonzero)."""
+        fixed k, Mem-SGD (EF21 compresses grad - h_w, which changes wherever h_w is nonzero).
+        Without it top-k with memory scans all d coordinates (mpimem.step.worker_step)."""
         return (isinstance(self.comp, TopK) and not shard.dense and self.memory
                 and self.l2_on_server and not self.k_schedule and not self.ef21)
 

@@ -40,6 +40,40 @@ def report(message: str, stream=None) -> None:
     print(f"mpimem: error: {line}", file=stream, flush=True)
 
 
+def note(message: str, stream=None) -> None:
+    """Print the one-line note `mpimem: note: <message>` (something worth knowing that is not an
+    error: the command goes on)."""
+    stream = stream or sys.stderr
+    line = " ".join(str(message).split("\n"))
+    print(f"mpimem: note: {line}", file=stream, flush=True)
+
+
+def plain(value):
+    """`value` as a plain Python object for a message: a numpy scalar becomes its Python number
+    (so that an error says 9, not np.int64(9)), bytes their text; anything else unchanged."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def expected_ranks():
+    """MPIMEM_EXPECT_RANKS as an int >= 1, or None when unset or empty; MpimemError (one line)
+    for anything else."""
+    text = os.environ.get("MPIMEM_EXPECT_RANKS", "").strip()
+    if not text:
+        return None
+    try:
+        ranks = int(text)
+    except ValueError:
+        ranks = 0
+    if ranks < 1:
+        raise MpimemError(f"MPIMEM_EXPECT_RANKS must be a whole number of MPI ranks >= 1, got "
+                          f"'{os.environ['MPIMEM_EXPECT_RANKS']}'")
+    return ranks
+
+
 def launcher_rank() -> int:
     """This process's rank as the MPI launcher told it (0 when not launched by one).
 
@@ -60,7 +94,9 @@ _AT_ABORT = []
 
 def at_abort(hook) -> None:
     """Run hook(message) on this rank before it aborts the world (best effort: a failing hook
-    does not prevent the abort). Rank 0 registers the marking of its run file as failed."""
+    does not prevent the abort), the last registered first, as atexit does: rank 0 registers
+    the release of its run lock, then the marking of its run file as failed, so the run file
+    is marked before another job can take the lock."""
     _AT_ABORT.append(hook)
 
 
@@ -83,7 +119,7 @@ def abort_world(comm, message: str, status: int) -> None:
     the abort it waits ABORT_GRACE seconds, so that the launcher forwards the line: Hydra kills
     every process on MPI_Abort and drops output still in the pipes (seen under load)."""
     report(message)
-    for hook in _AT_ABORT:
+    for hook in reversed(_AT_ABORT):
         try:
             hook(message)
         except Exception:  # the abort below matters more than the hook

@@ -4,16 +4,16 @@ One header line of metric names (the /metrics columns: round, epoch, samples, wa
 train_time, bytes_up, bytes_down, loss_xbar, loss_x, subopt_xbar, subopt_x, acc_xbar, acc_x),
 then one line per evaluation point. Each value is Python's repr of the float64 in the file, so
 reading it back (float(), numpy.loadtxt) gives the stored number exactly; a missing value is
-`nan`. Written to stdout, or to FILE (replaced whole: a temporary file renamed over it). Works
-on a run in progress (the points written so far).
+`nan`. Written to stdout, or to FILE under the output policy (mpimem.outputs: an existing file
+only with --overwrite, never a device, FIFO or directory; written whole to a temporary file,
+then put in place). Works on a run in progress (the points written so far).
 """
 import csv
 import io
-import os
 
-from .errors import MpimemError
 from .info_cli import metric_table
-from .runfile import read_run, replace_file
+from .outputs import check_output, write_output
+from .runfile import read_run
 
 
 def register(sub) -> None:
@@ -21,7 +21,10 @@ def register(sub) -> None:
     p.add_argument("run", help="run file written by mpimem train")
     p.add_argument("--csv", action="store_true", required=True,
                    help="CSV: a header of metric names, one row per evaluation point")
-    p.add_argument("--out", help="file to write (default: stdout)")
+    p.add_argument("--out", help="file to write (default: stdout); an existing file only with "
+                                 "--overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (a regular file; never a device or directory)")
     p.set_defaults(func=export)
 
 
@@ -37,14 +40,11 @@ def csv_text(metrics: dict) -> str:
 
 
 def export(args) -> int:
+    if args.out is not None:   # the output policy before any work
+        check_output(args.out, args.overwrite, "--out")
     text = csv_text(read_run(args.run)["metrics"])
     if args.out is None:
         print(text, end="")
         return 0
-    path = os.path.abspath(args.out)
-    directory, name = os.path.split(path)
-    try:
-        replace_file(path, os.path.join(directory, f".{name}.tmp-{os.getpid()}"), text.encode())
-    except OSError as err:
-        raise MpimemError(f"--out {args.out}: cannot write ({err.strerror or err})") from None
+    write_output(args.out, text.encode(), args.overwrite, "--out")
     return 0

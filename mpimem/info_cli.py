@@ -6,6 +6,10 @@ running, the last evaluation point, the speed and an ETA. Works on any damaged f
 is not a readable run file (damaged config, no status, ...) is one line `mpimem: error: ...`,
 exit 2; an attribute that is missing or of the wrong type is shown as '?' (null in JSON).
 
+A file left "running" by a job that was killed (kill -9 of rank 0, a lost node) keeps that
+status: info says when the file was last written and, when the lock's process is dead (same
+host) or the file is old, that the job may be gone (and how to resume it), with no ETA.
+
 Speed and ETA, from the last evaluation row (round R, train_time T, wall_time S; both times count
 from the start of the run, across resumptions): rounds/s = R / T (training only, evaluation
 excluded), R / S overall; ETA = (rounds - R) S / R seconds after the last point was written
@@ -21,14 +25,21 @@ number of workers W. The per-rank timing table has a server row only where there
 
 `--json` prints one JSON object with these keys (always all of them; a value that is unknown,
 or a float that is not finite, is null):
-- "path": the run file as given; "status": running, complete, failed or preempted;
+- "path": the run file as given; "status": running, complete, failed, preempted or
+  diverged (stopped by mpimem.metrics.divergence; the reason in attrs.error);
 - "attrs": every root attribute of the file except config (hosts decoded to a list);
 - "settings": the resolved configuration as recorded (the config attribute);
 - "as_run": {"memory": the error memory as it ran, "bits_per_entry": QSGD/ternary bits per
   entry on the wire (null for the others), "server": whether a server rank took part};
 - "points": the number of evaluation points; "last": {metric: value} of the last one, or null;
 - "progress": {"round", "rounds", "rounds_per_s" (R / T), "rounds_per_s_wall" (R / S),
-  "eta_s" (null unless running), "written": the file's modification time, UTC ISO 8601};
+  "eta_s" (null unless running, and null when the job may be gone), "written": the file's
+  modification time, UTC ISO 8601, "age_s": seconds since then, "job": {"lock": the fields of
+  RUN.h5.lock (host, pid, since, ...; mpimem.runlock) or null when there is none, "alive":
+  whether its process runs (null: no lock, or a lock of another host, which this host cannot
+  check), "maybe_gone": true for a running file whose lock's process is dead on this host or
+  that was last written longer ago than GONE_AFTER (at least 10 minutes, or three times the
+  mean time between its evaluation points), "why": the reason, or null}};
 - "timing": null, or {"columns": [...], "ranks": [{"rank", "role", "seconds": [...]}]}.
 """
 import json
@@ -42,6 +53,9 @@ from .config import has_server as topology_has_server
 from .metrics import METRICS
 from .runfile import read_run
 from .runlabel import bits_per_entry, memory_ran
+from .runlock import holder, lock_path
+
+GONE_AFTER = 600.0   # seconds without a write after which a running file's job may be gone
 
 
 def register(sub) -> None:
@@ -94,13 +108,39 @@ def progress(run: dict, path: str) -> dict:
     train, wall = last.get("train_time"), last.get("wall_time")
     rate = r / train if r and train and train > 0 else None
     wall_rate = r / wall if r and wall and wall > 0 else None
+    mtime = os.stat(path).st_mtime
+    age = max(0.0, datetime.now(timezone.utc).timestamp() - mtime)
+    job = job_state(run, path, age)
     eta = None
-    if a.get("status") == "running" and wall_rate and rounds is not None:
+    if a.get("status") == "running" and wall_rate and rounds is not None and not job["maybe_gone"]:
         eta = max(0.0, rounds - r) / wall_rate
-    written = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc)
+    written = datetime.fromtimestamp(mtime, timezone.utc)
     return {"round": int(r) if r is not None and math.isfinite(r) else None, "rounds": rounds,
             "rounds_per_s": rate, "rounds_per_s_wall": wall_rate, "eta_s": eta,
-            "written": written.isoformat(timespec="seconds")}
+            "written": written.isoformat(timespec="seconds"), "age_s": age, "job": job}
+
+
+def job_state(run: dict, path: str, age: float) -> dict:
+    """Whether the job writing a running file may be gone (module docstring, "job")."""
+    fields, alive = holder(path)
+    job = {"lock": fields or None, "alive": alive, "maybe_gone": False, "why": None}
+    if run["attrs"].get("status") != "running":
+        return job
+    if alive is False:
+        job["why"] = (f"its process (pid {fields.get('pid')} on host {fields.get('host')}, "
+                      f"{lock_path(path)}) is not running")
+    else:
+        wall = (last_point(run["metrics"]) or {}).get("wall_time")
+        points = metric_table(run["metrics"])[1]
+        every = wall / (points - 1) if wall and points > 1 and math.isfinite(wall) else 0.0
+        limit = max(GONE_AFTER, 3 * every)
+        if age > limit:
+            job["why"] = (f"not written for {duration(age)} (more than {duration(limit)})" +
+                          ("" if fields else "; no run lock") +
+                          (f"; its lock is of host {fields.get('host')}, pid {fields.get('pid')}"
+                           if fields and alive is None else ""))
+    job["maybe_gone"] = job["why"] is not None
+    return job
 
 
 def timing_rows(run: dict):
@@ -205,6 +245,21 @@ def progress_text(p: dict) -> str:
     return text
 
 
+def job_text(p: dict, path: str, a: dict) -> str:
+    """A running file: when it was last written, and whether its job may be gone."""
+    text = f"last written {p['written']} ({duration(p['age_s'])} ago)"
+    job = p["job"]
+    if job["maybe_gone"]:
+        return (f"{text}; the job may be gone: {job['why']}; if so, resume it with "
+                f"mpiexec -n {fmt(a.get('ranks'))} mpimem train --resume {path}")
+    lock = job["lock"]
+    if lock and job["alive"]:
+        return f"{text}; written by pid {lock.get('pid')} on host {lock.get('host')} (running)"
+    if lock:
+        return f"{text}; written by pid {lock.get('pid')} on host {lock.get('host')}"
+    return text
+
+
 def show(args) -> int:
     run = read_run(args.run)
     if args.json:
@@ -229,11 +284,13 @@ def show(args) -> int:
             print(f"  traffic: {up / 1e6:.3f} MB up, {down / 1e6:.3f} MB down, "
                   f"{up / max(1.0, samples):.2f} bytes up per sample; "
                   f"wall {fmt(last.get('wall_time'), '.2f')} s")
+    if a["status"] == "running":   # when it was written; whether its job may be gone
+        print(f"  {job_text(progress(run, args.run), args.run, a)}")
     rows = timing_rows(run)
     if rows:
         print("  seconds per rank: " + "  ".join(f"{c:>13s}" for c in run["timing"]["columns"]))
         for _, who, secs in rows:
             print(f"  {who:>16s}: " + "  ".join(f"{v:13.3f}" for v in secs))
-    if a.get("error"):
-        print(f"  error: {a['error']}")
+    if a.get("error"):   # a diverged run (mpimem.metrics.divergence) says why it stopped
+        print(f"  {'diverged' if a['status'] == 'diverged' else 'error'}: {a['error']}")
     return 0

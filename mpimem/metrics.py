@@ -7,6 +7,10 @@ f(x) - f* >= 0 for every x when f* is the true minimum. A gap below -GAP_RTOL ma
 cannot come from rounding (the float64 sums of n terms agree to about n eps, 2e-10 relative for
 n = 10^6): the stored f* is above the minimum. `negative_gap` says so in one line; the caller
 (rank 0) prints it once.
+
+A run whose f(x) or f(xbar) at an evaluation point is not finite or exceeds DIVERGE_FACTOR
+(100) times its value at x_0 has diverged (`divergence`): every rank stops there together,
+RUN.h5 gets status "diverged" (the message in attr error) and every rank exits EX_DIVERGED (3).
 """
 import numpy as np
 
@@ -21,8 +25,9 @@ GAP_RTOL = 1e-9
 
 def shard_sums(shard, x, xbar) -> np.ndarray:
     """[sum of losses at x, correct at x, sum of losses at xbar, correct at xbar] on one shard."""
-    lx, cx = loss_terms(shard.X, shard.y, x)
-    lb, cb = loss_terms(shard.X, shard.y, xbar)
+    with np.errstate(invalid="ignore", over="ignore"):   # a diverged x: `divergence` says it
+        lx, cx = loss_terms(shard.X, shard.y, x)
+        lb, cb = loss_terms(shard.X, shard.y, xbar)
     return np.array([lx, cx, lb, cb], dtype=np.float64)
 
 
@@ -50,4 +55,32 @@ def negative_gap(row) -> str | None:
             return (f"{point} - f* = {gap:.3e} < 0 at round {int(row.get('round', -1))}: the "
                     f"stored f* = {fstar:.17g} is above the minimum; run `mpimem data optimum` "
                     f"again (the suboptimality columns are understated)")
+    return None
+
+
+# ---------------------------------------------------------------------- divergence
+DIVERGE_FACTOR = 100.0   # f(x) or f(xbar) above this many times f(x_0): the run diverged
+EX_DIVERGED = 3          # exit status of a run stopped as diverged (RUN.h5 status "diverged")
+
+
+class Diverged(Exception):
+    """Raised on every rank at the same evaluation point (mpimem.mpirun.Run.record): f(x) or
+    f(xbar) is not finite or above DIVERGE_FACTOR f(x_0). The run file is marked "diverged"
+    and every rank exits EX_DIVERGED."""
+
+    status = EX_DIVERGED
+
+
+def divergence(row, f0: float) -> str | None:
+    """Why the evaluation point `row` shows a diverged run, or None: f(x) or f(xbar) not finite,
+    or above DIVERGE_FACTOR * f0, f0 = f(x_0) (the first evaluation point; log 2 at x_0 = 0)."""
+    limit = DIVERGE_FACTOR * f0
+    for name, point in (("loss_x", "f(x)"), ("loss_xbar", "f(xbar)")):
+        value = float(row.get(name, float("nan")))
+        where = f"at round {int(row.get('round', -1))} (epoch {float(row.get('epoch', 0.0)):.3f})"
+        if not np.isfinite(value):
+            return f"the run diverged: {point} = {value} {where} is not finite"
+        if np.isfinite(limit) and value > limit:
+            return (f"the run diverged: {point} = {value:.4g} {where} exceeds "
+                    f"{DIVERGE_FACTOR:g} x f(x_0) = {limit:.4g}")
     return None

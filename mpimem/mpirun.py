@@ -23,8 +23,9 @@ from . import __version__
 from .config import has_server, resolve, row_norm_sum, scale_note
 from .engine import (TIMING_COLUMNS, TREE_TOPOLOGIES, RoundRule, ShardData, compressor_for,
                      eval_rounds, make_averager, total_rounds, xbar_of)
-from .errors import MpimemError, at_abort, fault_point, report, slow_worker_delay
-from .metrics import eval_point, negative_gap, shard_sums
+from .errors import MpimemError, at_abort, expected_ranks, fault_point, report, slow_worker_delay
+from .errors import note as say_note
+from .metrics import EX_DIVERGED, Diverged, divergence, eval_point, negative_gap, shard_sums
 from .model import NO_AVERAGER, averager_arrays
 from .mpicall import table
 from .segments import allgather_segment, server_segment, worker_segment
@@ -240,10 +241,25 @@ class Run:
         return row
 
     def record(self, row, writer):
+        """Collective, right after evaluate: rank 0 appends the row (`write_row`), then every
+        rank stops together, raising Diverged, when the row shows a diverged run
+        (mpimem.metrics.divergence: f(x) or f(xbar) not finite or above 100 f(x_0))."""
+        message = None
+        if row is not None:
+            self.write_row(row, writer)
+            first = self.ck.history[0] if self.ck.history else {}
+            f0 = first.get("loss_x", np.nan) if first.get("round") == 0 else np.nan
+            message = divergence(row, f0 if np.isfinite(f0) else np.log(2.0))
+            if message:
+                message += (f"; stopped (step size too large? --gamma {self.cfg.gamma:g}; rows "
+                            f"far from unit norm? mpimem data convert --normalize)")
+        message = self.comm.bcast(message, root=0)
+        if message:
+            raise Diverged(message)
+
+    def write_row(self, row, writer):
         """Rank 0: append an evaluation row to RUN.h5 (and the checkpoint history) and print
-        it; the time this takes counts as evaluation, not training. No-op on other ranks."""
-        if row is None:
-            return
+        it; the time this takes counts as evaluation, not training."""
         t0 = time.perf_counter()
         try:
             writer.append(row)
@@ -295,7 +311,7 @@ class Run:
         evals = set(self.evals)
         r = start
         while True:
-            if r in evals and not (r == start and start > 0):  # a resumed run has this row
+            if r in evals and not (r == start and self.cfg.resume):  # a resumed run has it
                 self.record(self.evaluate(r, started), writer)
             if r == self.rounds:
                 break
@@ -339,7 +355,7 @@ class Run:
             "config": self.cfg.to_json(),
             "mpimem_version": __version__,
             "git_commit": git_commit(),
-            "mpi_version": MPI.Get_library_version().strip().splitlines()[0],
+            "mpi_version": MPI.Get_library_version().replace("\0", "").strip().splitlines()[0],
             "workers": self.workers,
             "ranks": self.comm.Get_size(),
             "hosts": sorted(set(hosts or [])),
@@ -359,8 +375,8 @@ class Run:
 def check_world_size(comm) -> None:
     """With MPIMEM_EXPECT_RANKS=N set (job scripts, the tests), refuse a world of another size:
     a wrong `srun --mpi` starts N separate size-1 programs that would otherwise each train."""
-    expect = os.environ.get("MPIMEM_EXPECT_RANKS")
-    if expect and int(expect) != comm.Get_size():
+    expect = expected_ranks()
+    if expect is not None and expect != comm.Get_size():
         raise MpimemError(f"MPI world has {comm.Get_size()} rank(s) but MPIMEM_EXPECT_RANKS={expect}: "
                           "the launcher did not start one MPI program (check srun --mpi=pmi2/pmix)")
 
@@ -395,12 +411,21 @@ def train(cfg, explicit=()) -> int:
         head = comm.bcast(dict(ckpt["attrs"], path=ckpt["path"], resume_run_file=ckpt["run_file"])
                           if ckpt else None, root=0)
         cfg = agree(comm, lambda: CK.resume_config(head, cfg, explicit, comm.Get_size()))
+    # rank 0 locks the run before it creates or changes anything of it (mpimem.runlock)
+    lock = agree(comm, lambda: CK.lock_run(cfg, head if cfg.resume else None)
+                 if comm.Get_rank() == 0 else None)
+    if lock is not None:    # a failure of any rank from here on frees the run (at exit otherwise)
+        at_abort(lambda message: lock.release())
     run = agree(comm, lambda: Run(comm, cfg))
     norm_sum = comm.reduce(row_norm_sum(run.shard.X) if run.worker_id else 0.0, root=0)
+    positives = comm.reduce(int(np.count_nonzero(run.shard.y > 0)) if run.worker_id else 0,
+                            root=0)   # rows labelled +1: a single class is said at start
 
     def setup():
         if cfg.resume:
             CK.check_compatible(run, head)
+            if run.rank == 0:   # under the lock: a complete run is not resumed
+                CK.refuse_complete(run.cfg.out, head, cfg.resume)
         if run.rank == 0:  # the output path, before anything is created
             run.run_id = str(head.get("run_id", "")) if cfg.resume else new_run_id()
             check_run_path(run.cfg.out, run.cfg.overwrite, run.run_id if cfg.resume else None)
@@ -432,18 +457,25 @@ def train(cfg, explicit=()) -> int:
     hint = scale_note(norm_sum / run.n) if run.rank == 0 else None   # data far from unit norm
     if hint:
         print(f"mpimem train: note: {hint}", file=sys.stderr, flush=True)
+    from .data.dataset import single_class_note
+    one_class = single_class_note(positives, run.n) if run.rank == 0 else None
+    if one_class:
+        say_note(one_class)
     try:
         outcome = select_loop(run.cfg)(run, writer)
         final = run.gather_final() if outcome != "preempted" else None
-    except CK.CollectiveStop as stop:  # every rank stops here together (NaN, checkpoint I/O)
+    except (CK.CollectiveStop, Diverged) as stop:  # every rank stops here together (NaN,
+        # divergence, checkpoint I/O); a NaN iterate found between evaluation points diverged too
+        diverged = comm.bcast(run.rank == 0 and (isinstance(stop, Diverged) or not (
+            np.isfinite(run.replica.s) and np.isfinite(run.replica.z).all())), root=0)
         if run.rank == 0:
             message = str(stop)
             try:
-                writer.finish("failed", error=message)
+                writer.finish("diverged" if diverged else "failed", error=message)
             except MpimemError as err:  # the disk refused even that: one line says both
                 message = f"{message}; {err}"
             report(message)
-        return stop.status
+        return EX_DIVERGED if diverged else stop.status
     if outcome == "preempted":
         agree(comm, lambda: run.rank == 0 and writer.finish(
             "preempted", extra_attrs={"preempted_round": run.ck.stopped_at}))

@@ -15,15 +15,20 @@ each run needed to reach a common target: the worst final gap among the runs tha
 progress, so that every one of them reaches it (first crossing, linearly interpolated). When
 any run has no f*, every gap column is f(xbar) instead, and the header says so.
 
-Bad input (a missing file, not a run file, a run with no evaluation points): one line
-`mpimem: error: ...`, exit status 2.
+Bad input (a missing file, not a run file, a run with no evaluation points, an --out the output
+policy refuses: an existing file without --overwrite, a device, FIFO or directory ever,
+mpimem.outputs): one line `mpimem: error: ...`, exit status 2, checked before anything is
+drawn. The figure is drawn in memory (format from --out's extension, PNG without one) and put
+in place whole.
 """
+import io
 import math
 import os
 
 import numpy as np
 
 from .errors import MpimemError
+from .outputs import check_output, write_output
 from .runfile import read_run
 from .runlabel import (convergence_flag, data_label, differing_settings, first_crossing,
                        memory_ran, run_label)
@@ -38,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--x", choices=sorted(X_AXES), default="epochs",
                    help="horizontal axis (default: epochs)")
     p.add_argument("--out", required=True, metavar="FIG.png", help="figure file to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (a regular file; never a device or directory)")
     p.set_defaults(func=plot)
     c = sub.add_parser("compare", help="a table of run files side by side")
     c.add_argument("runs", nargs="+", metavar="RUN.h5", help="run files written by mpimem train")
@@ -136,12 +143,16 @@ def figure(runs, axis: str):
 
 
 def plot(args) -> int:
+    check_output(args.out, args.overwrite, "--out")   # the output policy before any work
     runs = load_all(args.runs)
     fig = figure(runs, args.x)
+    ext = os.path.splitext(str(args.out))[1].lstrip(".").lower()
+    buf = io.BytesIO()
     try:
-        fig.savefig(args.out, dpi=100)
+        fig.savefig(buf, dpi=100, format=ext or "png")
     except (OSError, ValueError) as err:
         raise MpimemError(f"--out {args.out}: cannot write the figure ({err})") from None
+    write_output(args.out, buf.getvalue(), args.overwrite, "--out")
     print(f"wrote {args.out}")
     if not all(r["has_fstar"] for r in runs):
         print("note: runs without f* are drawn as f(xbar): " +

@@ -1,7 +1,8 @@
 """Algorithm 1 in plain numpy, exactly as docs/spec.md states it: the independent oracle.
 
 Written without mpimem's kernels, model, engine, compressors, rng or schedule (tests/
-test_reference.py checks mpimem's `--l2 worker` trajectory against it), and timed as the
+test_reference.py and tests/test_ef21_reference.py check mpimem's `--l2 worker` trajectory
+against it, tests/test_reference_l2_server.py its `--l2 server` one), and timed as the
 baseline of the speed benchmark (bench/bench_train.py): per sample it does what the paper's
 published numpy code does, O(d) dense float64 work.
 
@@ -11,10 +12,19 @@ schedule clock t = r b (b samples per worker and round), eta = eta_t:
   1. worker w:  rows = next b rows of its epoch permutation of the shard
   1.1           v^w = m^w + eta sum_{i in rows} grad f_i(x_r),
                 grad f_i(x) = -y_i sigma(-y_i a_i^T x) a_i + lam x      (paper-exact L2 placement)
-  1.2           u^w = comp_r(v^w);  m^w := v^w - u^w  (without memory: m^w := 0)
+  1.2           u^w = comp_r(v^w);  m^w := v^w - u^w  (without memory: m^w := 0, every entry)
   2. server:    U = float32( (sum_{w=1..W} u^w) / W ), the sum in float64 in worker order
   3. everyone:  x_{r+1} = x_r - U;   xbar accumulates w_t x_r (before the update), kept directly:
                 xbar_R = sum_{r<R} w_{rb} x_r / sum_{r<R} w_{rb}
+
+Server-side L2 (l2 = "server", mpimem's `--l2 server`): the L2 term leaves the gradient and
+becomes a shrink of the iterate in step 3, with the same eta = eta_t (t = r b) as step 1.1:
+  1.1           v^w = m^w + eta sum_{i in rows} -y_i sigma(-y_i a_i^T x_r) a_i     (no lam x)
+  3. everyone:  x_{r+1} = (1 - b eta lam) x_r - U     (xbar still counts w_t x_r, before it)
+and likewise x_{r+1} = (1 - b eta lam) x_r - D with a downlink (2'-3' below, e is not shrunk),
+x_{r+1} = (1 - b eta lam) x_r - eta G under EF21 (whose g^w then has no b lam x_r term).
+Here x is a plain dense float64 vector, multiplied by the factor every round; mpimem keeps
+x = s z with a lazy scale s instead (mpimem.model), the same values up to rounding.
 
 With a top-K downlink (downlink_k = K), the server keeps a memory e (e_0 = 0) and sends D:
   2'. server:   e := e + (sum_w u^w) / W   (float64: U is not rounded to float32 first)
@@ -49,6 +59,7 @@ mpimem's wire format is part of the operator, so it is modelled here, honestly:
            under EF21), 1 without; float32up rounds the norm up to float32 (the value sent)
   ternary  qsgd with s = 1
   sign     u_i = scale sign(v_i), sign(0) = +1, scale = float32(||v||_1 / d)
+(both norms summed in index order, in float64)
 so with memory the float32 rounding residual v - u stays in m (m := v - u exactly), and under
 EF21 h moves by the float32 values sent.
 
@@ -57,8 +68,9 @@ gives the same trajectory: xoshiro256** seeded by splitmix64 from (seed, owner, 
 the sampler shuffles its shard's rows 0..n_w-1 by Fisher-Yates at start and at every epoch end;
 rand-k draws worker w's round-r indices by Floyd's algorithm from a per-round splitmix64
 expansion of the (seed, w, RAND_K) stream; the quantisers draw one uniform per coordinate.
-Not modelled: --mode async, and the L2 term on the server (--l2 server; the same algorithm
-only when lam = 0).
+Not modelled: --mode async (and its --async-step mean). The topologies (allgather, the
+trees) and checkpoint/resume are the same mathematics as the sync server, summed in another
+order, and are checked against the simulator (tests/test_train_mpi.py and others), not here.
 """
 import math
 from dataclasses import dataclass, fields
@@ -181,6 +193,7 @@ class Settings:
     method: str = "memsgd"        # memsgd (Algorithm 1) or ef21
     downlink_k: int = None        # K of the top-K downlink with a server memory (None: off)
     k_warmup: int = 0             # epochs of sparsity warm-up (top_k, rand_k)
+    l2: str = "worker"            # worker: lam x in every gradient; server: x shrunk in step 3
 
     @classmethod
     def from_config(cls, cfg) -> "Settings":
@@ -201,6 +214,10 @@ class Settings:
         if self.schedule == "bottou":
             return self.gamma / (1.0 + self.gamma * self.lam * t)
         return self.gamma
+
+    def factor(self, t: float) -> float:
+        """The scale of x_r in step 3: 1 - b eta_t lam with l2 = "server", else 1."""
+        return 1.0 - self.batch_size * self.eta(t) * self.lam if self.l2 == "server" else 1.0
 
     def weight(self, t: float) -> float:
         """quadratic: (a + t)^2; otherwise 1."""
@@ -259,9 +276,17 @@ def rand_k_indices(stream: Xoshiro, r: int, d: int, k: int):
     return np.array(chosen, dtype=np.int64)
 
 
+def _sum_in_order(a) -> float:
+    """a_0 + a_1 + ... + a_{d-1} in float64, added left to right (np.cumsum is sequential;
+    np.sum and np.dot sum pairwise or in SIMD lanes, another rounding: one ulp of ||v|| can
+    move its float32 value by a float32 ulp, for unit-norm rows at x = 0 in particular)."""
+    return float(np.cumsum(a)[-1]) if a.size else 0.0
+
+
 def _norm32_up(v) -> float:
-    """||v||_2 rounded up to float32 (so that s |v_i| / norm <= s), as float64."""
-    n = math.sqrt(float(np.dot(v, v)))
+    """||v||_2 (the squares summed in index order) rounded up to float32 (so that
+    s |v_i| / norm <= s), as float64."""
+    n = math.sqrt(_sum_in_order(v * v))
     n32 = np.float32(n)
     if float(n32) < n:
         n32 = np.nextafter(n32, np.float32(np.inf))
@@ -283,7 +308,7 @@ def quantise(v, s: int, divisor: float, rng: Xoshiro):
 
 def scaled_sign(v):
     """(||v||_1 / d, rounded to float32) sign(v), sign(0) = +1."""
-    scale = float(np.float32(np.abs(v).sum() / v.size))
+    scale = float(np.float32(_sum_in_order(np.abs(v)) / v.size))
     return np.where(v < 0.0, -scale, scale)
 
 
@@ -310,6 +335,8 @@ class Reference:
     def __init__(self, settings: Settings, shards, d: int):
         if settings.method not in ("memsgd", "ef21"):
             raise ValueError(f"unknown method {settings.method!r}")
+        if settings.l2 not in ("worker", "server"):
+            raise ValueError(f"unknown L2 placement {settings.l2!r}")
         self.cfg, self.d = settings, d
         self.workers = [Worker(w, X, y, d, settings.seed) for w, (X, y) in enumerate(shards, 1)]
         self.n = sum(wk.y.size for wk in self.workers)
@@ -337,8 +364,9 @@ class Reference:
         return self.cfg.k_at(r, self.n, len(self.workers), self.d)
 
     def gradient_sum(self, wk: Worker, rows):
-        """sum_{i in rows} grad f_i(x) = sum_i -y_i sigma(-y_i a_i^T x) a_i + b lam x; dense rows
-        at once, CSR rows one at a time over their nonzeros."""
+        """sum_{i in rows} grad f_i(x) = sum_i -y_i sigma(-y_i a_i^T x) a_i + b lam x (the last
+        term only with l2 = "worker"); dense rows at once, CSR rows one at a time over their
+        nonzeros."""
         x, X = self.x, wk.X
         if sp.issparse(X):
             g = np.zeros(self.d)
@@ -348,7 +376,8 @@ class Reference:
         else:
             A, y = X.take(rows, axis=0), wk.y.take(rows)
             g = (-y * expit(-y * A.dot(x))).dot(A)
-        g += len(rows) * self.cfg.lam * x
+        if self.cfg.l2 != "server":
+            g += len(rows) * self.cfg.lam * x
         return g
 
     def compress(self, wk: Worker, v, r: int):
@@ -366,18 +395,25 @@ class Reference:
         divisor = quantiser_divisor(self.d, s, self.cfg.memory or self.ef21)
         return quantise(v, s, divisor, wk.quant)
 
-    def downlink(self, add):
-        """Steps 2'-3' (downlink_k = K): e += add; D = top-K(e) as sent; e -= D; x -= D."""
+    def shrink(self, factor: float) -> None:
+        """x := factor x, the server-side L2 term of step 3 (factor 1 with l2 = "worker")."""
+        if self.cfg.l2 == "server":
+            self.x *= factor
+
+    def downlink(self, add, factor):
+        """Steps 2'-3' (downlink_k = K): e += add; D = top-K(e) as sent; e -= D;
+        x := factor x - D."""
         self.e += add
         D = _sparse(self.e, top_k_indices(self.e, self.cfg.downlink_k))
         self.e -= D
+        self.shrink(factor)
         self.x -= D
 
     def round(self):
         """One round r: steps 1-3 of the module docstring (Mem-SGD or EF21, downlink or not)."""
         cfg, r = self.cfg, self.rounds
         t = r * cfg.batch_size
-        eta = cfg.eta(t)
+        eta, factor = cfg.eta(t), cfg.factor(t)
         sent = []
         for wk in self.workers:                                       # 1.
             g = self.gradient_sum(wk, wk.sampler.take(cfg.batch_size))
@@ -402,12 +438,14 @@ class Reference:
         if self.ef21:
             self.G += _f32(mean)                                      # G += P
             if cfg.downlink_k:
-                self.downlink(eta * self.G)                           # EF21-BC: 2'-3'
+                self.downlink(eta * self.G, factor)                   # EF21-BC: 2'-3'
             else:
+                self.shrink(factor)
                 self.x -= eta * self.G
         elif cfg.downlink_k:
-            self.downlink(mean)                                       # 2'-3', unrounded mean
+            self.downlink(mean, factor)                               # 2'-3', unrounded mean
         else:
+            self.shrink(factor)                                       # (l2 = "server")
             self.x -= _f32(mean)
         self.rounds += 1
 

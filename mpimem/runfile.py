@@ -13,7 +13,9 @@ How it is written, so that no run is lost (docs/checkpoints.md, "What survives w
   by a crash. HDF5 itself never writes to the disk here: an HDF5 write that fails (a full disk)
   leaves its open file unusable and h5py can crash at exit (measured: HDF5 2.0 on a full tmpfs).
 - A new run creates RUN.h5 exclusively (O_EXCL): an existing file is never truncated. It is
-  replaced only with --overwrite (the new image renamed over it), continued with --resume.
+  replaced only with --overwrite (the new image renamed over it), continued with --resume; a
+  directory, device or FIFO is never replaced (mpimem.outputs, the policy of every command).
+  While a run is written, RUN.h5.lock holds its host and pid (mpimem.runlock).
 - Full disk: when the image cannot be written, the last image that was written, marked
   "failed" with the error, is written in place over the file. Images on disk are padded to
   whole blocks of PAD bytes with at least SPARE bytes to spare, so this fits in the space the
@@ -22,7 +24,6 @@ How it is written, so that no run is lost (docs/checkpoints.md, "What survives w
 import io
 import json
 import os
-import stat
 import uuid
 from datetime import datetime, timezone
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from .errors import MpimemError
 from .metrics import METRICS
+from .outputs import check_output
 
 FORMAT = "mpimem-run"
 FORMAT_VERSION = 1
@@ -58,20 +60,14 @@ def check_output_dir(path: str) -> None:
 
 def check_run_path(path: str, overwrite: bool = False, run_id: str = None) -> None:
     """Before anything is created: `path` names a regular file (or nothing yet) in an existing
-    writable directory. An existing run file is refused unless overwrite, or unless run_id (a
-    resumed run's id) is given and the file is that run's (or unreadable: it is recreated)."""
+    writable directory (the output policy, mpimem.outputs: a directory, device or FIFO is never
+    replaced). An existing run file is refused unless overwrite, or unless run_id (a resumed
+    run's id) is given and the file is that run's (or unreadable: it is recreated)."""
     check_output_dir(path)
-    if os.path.isdir(path):
-        raise MpimemError(f"--out {path}: is a directory; name the run file (e.g. {path}/RUN.h5)")
-    if not os.path.exists(path):
+    hint = f"give --overwrite to replace it, or --resume {path} to continue its run"
+    exists = check_output(path, overwrite or run_id is not None, "--out", hint, "the run file")
+    if not exists or overwrite:
         return
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise MpimemError(f"--out {path}: not a regular file")
-    if overwrite:
-        return
-    if run_id is None:
-        raise MpimemError(f"--out {path}: the run file exists; give --overwrite to replace it, "
-                          f"or --resume {path} to continue its run")
     found = run_id_of(path)
     if found is not None and found != run_id:
         raise MpimemError(f"--out {path}: the run file belongs to another run (run id "

@@ -30,8 +30,10 @@ compression = aggregate + apply, waiting = the Recvs, communication = the Bcasts
                x <- factor x - U            (rank 0 also keeps xbar)
 Every rank runs the very aggregation and float32 rounding of the sync server on the same
 messages in the same order, so every replica is bit-identical and the trajectory equals
-`mpimem.simulate.simulate` on the same W shards (tests/test_allgather.py). Bytes: up = the
-rank's own messages; down = the other ranks' messages plus their 8-byte sizes.
+`mpimem.simulate.simulate` on the same W shards (tests/test_allgather.py). Bytes, as handed
+to MPI (`allgather_bytes`): up = what the rank contributes (its 8-byte size and its message;
+on the fixed-size path its whole slot, 8 + the message padded to 8 bytes), down = what it
+receives from the other ranks (their sizes and messages, or their slots).
 
 Test hook: MPIMEM_SLOW_WORKER=RANK:SECONDS (mpimem.errors.slow_worker_delay) makes a
 rank sleep before each exchange (allgather) or send (async).
@@ -176,6 +178,19 @@ def _exchange_sizes(mpi, slot, fixed, msg, nbytes, ask, sizes, recv, counts, dis
     return stop, received
 
 
+def allgather_bytes(nbytes, fixed):
+    """(up, down) bytes of one allgather round for every rank (a list of W message sizes):
+    what each rank hands MPI and receives from the others, as allgather_segment counts them.
+    fixed >= 0: one Allgather of slots of 8 + the message rounded up to 8 bytes; else an
+    Allgather of 8-byte sizes and an Allgatherv of the messages."""
+    W = len(nbytes)
+    if fixed >= 0:
+        slot = 8 + -(-fixed // 8) * 8
+        return [slot] * W, [(W - 1) * slot] * W
+    total = sum(nbytes)
+    return [8 + n for n in nbytes], [total - n + 8 * (W - 1) for n in nbytes]
+
+
 @njit(cache=CACHE)
 def peer_step(P, mpi, shard, ws, cs, z, scale, worker, r, r1, started, budget, delay):
     """A serverless rank's steps 1-1.2 of round r (the sync clock's eta), the test hook's sleep,
@@ -213,7 +228,12 @@ def allgather_segment(P, mpi, shard, ws, cs, agg, z, scale, G, avg, track, slot,
             step.agg_add(P, agg, cs, recv[lo: lo + counts[w]], np.int64(counts[w]), w + 1, r)
         n = step.round_finish(P, agg, G, np.float64(workers), r)
         step.server_apply(P, z, scale, G, out, n, avg, track, r)
-        counters[step.C_DOWN] += received - nbytes + 8 * (workers - 1)
+        if fixed >= 0:    # one Allgather of slots: this rank's slot out, the others' in
+            counters[step.C_UP] += slot.size - nbytes
+            counters[step.C_DOWN] += (workers - 1) * slot.size
+        else:             # Allgather of 8-byte sizes, Allgatherv of the messages
+            counters[step.C_UP] += 8
+            counters[step.C_DOWN] += received - nbytes + 8 * (workers - 1)
         _account(timing, now(mpi) - t2, t2 - t1, t1 - t0)
         if stop:
             return r + 1

@@ -11,6 +11,7 @@ the heavy imports), so no SIGTERM, SIGUSR1 or SIGINT is lost at any moment of a 
                                           every mode: sync and allgather rounds, async quiescent
                                           points, within about half a second)
   shutdown (after the last sync point)    the signal is ignored: the run completes, exit 0
+  after the stop's checkpoint             the signal is ignored: the run ends preempted, exit 75
   a second SIGINT on the same rank        KeyboardInterrupt at once: that rank aborts the world
                                           (mpimem.cli), exit 130
 
@@ -52,6 +53,17 @@ def install() -> None:
     """SIGTERM, SIGUSR1, SIGINT set Signals.caught from now on (the run acts on it later)."""
     for sig in CAUGHT:
         signal.signal(sig, _handler)
+
+
+def settle() -> None:
+    """The run's outcome is decided (its last sync point passed, or the stop's checkpoint is
+    written): SIGTERM, SIGUSR1 and SIGINT are ignored (SIG_IGN) from now on, to the end of the
+    process. A Python handler is not enough: the interpreter's shutdown (after mpimem's last
+    line, during MPI_Finalize's atexit) resets the signals it handles to SIG_DFL, so a SIGTERM
+    there killed a completed run's rank (exit 15, the job counted failed); an ignored signal
+    stays ignored through the shutdown."""
+    for sig in CAUGHT:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------- closed pipes

@@ -14,6 +14,7 @@ import numpy as np
 from .engine import (TREE_TOPOLOGIES, RoundRule, ShardData, compressor_for, eval_rounds,
                      make_averager, total_rounds, xbar_of)
 from .metrics import eval_point, shard_sums
+from .segments import allgather_bytes
 
 
 @dataclass
@@ -43,6 +44,7 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
         aggs = [rule.make_aggregator() for _ in plan.groups]
     else:
         agg = rule.make_aggregator()
+        fixed_up = rule.fixed_message_bytes(data[0].dense)   # allgather's one-Allgather path
     rounds = total_rounds(cfg, n, workers)
     evals = set(eval_rounds(cfg, n, workers, rounds)) if evaluate else set()
     history = []
@@ -69,8 +71,14 @@ def simulate(cfg, shards, d, fstar=None, evaluate=True) -> SimResult:
                 ws.bytes_down += down
         else:
             payload = rule.aggregate(agg, messages, r, replica)
-            for ws in states:
-                ws.bytes_down += 8 + payload.size
+            if cfg.topology == "allgather":   # what each rank hands MPI (mpimem.segments)
+                up, down = allgather_bytes([m.size for m in messages], fixed_up)
+                for ws, m, u, dn in zip(states, messages, up, down):
+                    ws.bytes_up += u - m.size      # worker_step counted the message itself
+                    ws.bytes_down += dn
+            else:
+                for ws in states:
+                    ws.bytes_down += 8 + payload.size
         rule.apply(replica, payload, r, averager)
     return SimResult(replica.x(), xbar_of(replica, averager),
                      np.array([ws.m for ws in states]),

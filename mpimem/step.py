@@ -3,7 +3,8 @@
 Round r of Algorithm 1 as distributed in docs/spec.md "Distributed setting" (clock t = r b):
 
   worker_step   1-1.2  v = m + eta_t sum_{i in batch} grad f_i(x_r) [+ eta_t b lam x_r],
-                       u = comp(v), m := v - u; writes the wire bytes of u
+                       u = comp(v), m := v - u (without memory: m := 0, every coordinate);
+                       writes the wire bytes of u
   agg_add       2      acc += decode(u_w)             (worker order: the sum is deterministic)
   agg_finish    2      U = acc / W as the downlink (or D = top-K(m_s + U) with --downlink-k)
   apply_payload 3      x_{r+1} = factor x_r - U; the server also counts w_r x_r into xbar
@@ -122,7 +123,11 @@ def emit_vector(m, sel, n, out):
 @njit(cache=CACHE)
 def compress(P, m, ws, cs, worker, r):
     """u = comp(v) of the vector v held in m (Mem-SGD: the worker's memory; EF21: its scratch)
-    into the worker's message buffer; m := v - u; bytes."""
+    into the worker's message buffer; m := v - u; bytes.
+
+    counters[C_NCAND] >= 0: v may be nonzero, or have changed since the last selection, only
+    on cand[:ncand] (worker_step's rule); plain SGD sends those entries and the top-k scan
+    ranks only them (then v is 0 elsewhere), the incremental index takes them as the change."""
     cand, msg, topk, counters = ws[W_CAND], ws[W_MSG], ws[W_TOPK], ws[W_COUNTERS]
     rng_quant = ws[W_RNG_QUANT]
     sel, hkey, hidx, floyd_mark, bases = cs
@@ -173,20 +178,32 @@ def worker_step(P, shard, ws, cs, z, scale, worker, r, eta, clk):
         K.grad_dense_into(X, y, rows, z, s, m, eta)
     else:
         touched = K.grad_csr_into(data, indices, indptr, y, rows, z, s, m, eta, mark, cand, 0)
-    counters[C_NCAND] = touched
+    memory = P[P_MEMORY] != 0.0
+    # The candidates of compress: the touched coordinates (CSR rows, --l2 server) are the
+    # only nonzeros of v without memory, and, with memory, the only change since the last
+    # selection, which the incremental top-k index needs; a top-k scan without the index
+    # (--k-warmup: the index is for one k) must see every coordinate of v = m + eta grad.
+    ncand = touched
     if P[P_L2_SERVER] == 0.0:
         K.add_l2_into(m, z, s, eta * P[P_B] * P[P_LAM])
-        counters[C_NCAND] = -1
+        ncand = -1
+    elif memory and topk[0].size == 0:
+        ncand = -1
+    counters[C_NCAND] = ncand
     t1 = now(clk)
     nbytes = compress(P, m, ws, cs, worker, r)
-    memory = P[P_MEMORY] != 0.0
+    # Without memory m := 0 in every coordinate. The sparse operators change m only on the
+    # candidates when there are candidates (v is 0 elsewhere); the quantisers and sign write
+    # every coordinate (scaled sign sends sign(0) = +1 there: the residual is -scale).
+    op = np.int64(P[P_OP])
+    zero_all = not memory and (ncand < 0 or op == OP_QUANT or op == OP_SIGN)
     if touched >= 0:
         for i in range(touched):
             j = cand[i]
             mark[j] = 0
-            if not memory and counters[C_NCAND] >= 0:
+            if not memory and not zero_all:
                 m[j] = 0.0
-    if not memory and counters[C_NCAND] < 0:
+    if zero_all:
         m[:] = 0.0
     timing[T_GRADIENT] += t1 - t0
     timing[T_COMPRESSION] += now(clk) - t1

@@ -16,10 +16,13 @@ the server), W ranks for the serverless topologies (allgather, sparse-allreduce,
 `run` hands the job script RUN_RANKS and RUN_TOPOLOGY, and meta.json records both.
 
 A study runs what it says or fails: every run's `mpimem train` arguments are parsed by mpimem's
-own train parser before any run starts. An unknown option, a mode or compressor this mpimem does
-not have, a value of the wrong type, an unknown label or data set is an error (one line, exit
-status 2), never a silent fallback. (Checks that need the data, such as k <= d, are made by
-`mpimem train` itself when the run starts.)
+own train parser and checked by its validator (mpimem.config.check_settings) before any run
+starts, and so is every environment setting (WORKERS, N, D, N_PER_WORKER >= 1, SEEDS,
+EPOCHS, EVAL_EVERY, BATCH_SIZE, CHECKPOINT_EVERY, MODE, TOPOLOGY). An unknown option, a mode or
+compressor this mpimem does not have, a value of the wrong type or out of range, an unknown
+label or data set is an error (one line naming the variable or run, exit status 2), never a
+silent fallback. (Checks that need the data, such as k <= d, are made by `mpimem train` itself
+when the run starts.)
 """
 import argparse
 import json
@@ -29,7 +32,7 @@ import sys
 import tomllib
 from dataclasses import asdict, dataclass
 
-from .config import has_server, merge
+from .config import check_settings, has_server, merge
 from .errors import MpimemError, report
 
 # keys of a method table that are not train options; `defaults` lists [train] settings the
@@ -74,20 +77,27 @@ def load_study(path: str) -> dict:
         raise MpimemError(f"not valid TOML: {err}") from None
 
 
-def env_list(env: dict, key: str, default, integers=False) -> list:
-    """The space- or comma-separated list in env[key] (of integers if asked), else `default`."""
+def env_list(env: dict, key: str, default, integers=False, minimum=None) -> list:
+    """The space- or comma-separated list in env[key] (of integers >= minimum if asked; the
+    study's own list is checked the same way), else `default`."""
     words = env.get(key, "").replace(",", " ").split()
     if not words:
-        return list(default)
-    return [_integer(w, f"{key} entry") for w in words] if integers else words
+        words, what = list(default), f"the study's {key.lower()} entry"
+    else:
+        what = f"{key} entry"
+    return [_integer(w, what, minimum) for w in words] if integers else words
 
 
-def _integer(value, what: str) -> int:
-    """An integer setting of the study or the environment; MpimemError naming it otherwise."""
+def _integer(value, what: str, minimum=None) -> int:
+    """An integer setting of the study or the environment (>= minimum when given); MpimemError
+    naming it otherwise."""
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         raise MpimemError(f"{what} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise MpimemError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 def select_methods(methods: list, labels: list) -> list:
@@ -114,12 +124,12 @@ def data_source(ds: str, dcfg: dict, workers: int, env: dict) -> dict:
         return env.get(f"{key}_{up}") or env.get(key) or dcfg.get(key.lower())
 
     data_dir = env.get("DATA_DIR", "data")
-    data_seed = _integer(env.get("DATA_SEED", "1"), "DATA_SEED")
+    data_seed = _integer(env.get("DATA_SEED", "1"), "DATA_SEED", 0)
     npw = pick("N_PER_WORKER")
     explicit = env.get(f"DATA_{up}") or dcfg.get("path")
     sized = any(env.get(k) for k in ("N", "D", f"N_{up}", f"D_{up}"))
     staged = os.path.join(data_dir, f"{ds}.h5")
-    npw = _integer(npw, f"N_PER_WORKER of {ds}") if npw else None
+    npw = _integer(npw, f"N_PER_WORKER of {ds}", 1) if npw else None
     out = dict(synthetic=False, like=dcfg.get("like", ds), n=None, d=None, data_seed=data_seed,
                n_per_worker=npw)
     if explicit and not npw:
@@ -130,8 +140,8 @@ def data_source(ds: str, dcfg: dict, workers: int, env: dict) -> dict:
     if n_one is None or d is None:
         raise MpimemError(f"data set {ds}: no file {staged} and no size for a synthetic "
                           f"look-alike (set n and d in the study, or N and D)")
-    n = _integer(n_one, f"N of {ds}") * (workers if npw else 1)
-    d = _integer(d, f"D of {ds}")
+    n = _integer(n_one, f"N of {ds}", 1) * (workers if npw else 1)
+    d = _integer(d, f"D of {ds}", 1)
     name = f"synth-{out['like']}-n{n}-d{d}-s{data_seed}.h5"
     return dict(out, data=os.path.join(data_dir, name), synthetic=True, n=n, d=d)
 
@@ -192,11 +202,32 @@ def check_train_args(data: str, args: list):
     return merge({k: v for k, v in vars(ns).items() if k not in ("func", "command", "config")})
 
 
+# environment variables that become `mpimem train` options of every run: each is checked on its
+# own first, so that a bad value is refused naming the variable (GROUP_SIZE: check_system)
+ENV_OPTIONS = {"EPOCHS": "epochs", "EVAL_EVERY": "eval_every", "BATCH_SIZE": "batch_size",
+               "CHECKPOINT_EVERY": "checkpoint_every", "MODE": "mode", "TOPOLOGY": "topology"}
+
+
+def check_environment(env: dict) -> None:
+    """Every ENV_OPTIONS variable that is set, parsed by mpimem's train parser and checked by
+    mpimem.config.check_settings (what `mpimem train` refuses at start, without the data):
+    MpimemError 'VAR=value: problem' before any run starts."""
+    for var, key in ENV_OPTIONS.items():
+        value = env.get(var)
+        if not value:
+            continue
+        try:
+            check_settings(check_train_args("DATA.h5", to_args({key: value})))
+        except MpimemError as err:
+            raise MpimemError(f"{var}={value}: {err}") from None
+
+
 def plan(cfg: dict, env: dict) -> list:
     """Every run of the study `cfg` (a loaded TOML) under the environment `env`, checked."""
     study = cfg.get("study", {})
     datasets = env_list(env, "DATASETS", study.get("datasets", []))
-    workers = env_list(env, "WORKERS", study.get("workers", [1]), integers=True)
+    check_environment(env)
+    workers = env_list(env, "WORKERS", study.get("workers", [1]), integers=True, minimum=1)
     seeds = env_list(env, "SEEDS", study.get("seeds", [0]), integers=True)
     methods = select_methods(cfg.get("methods", []), env_list(env, "METHODS", []))
     try:
@@ -240,15 +271,16 @@ def check_system(tc, workers: int) -> None:
 def _planned(index, cfg, ds, dcfg, method, workers, seed, env, extra) -> PlannedRun:
     """Run `index`: its data, its options (EXTRA_ARGS last, so they win), checked by the parser."""
     src = data_source(ds, dcfg, workers, env)
-    try:
-        args = to_args(train_options(cfg, method, dcfg, seed, env)) + extra
-        tc = check_train_args(src["data"], args)
-        check_system(tc, workers)
-    except MpimemError as err:
-        raise MpimemError(f"run {index} ({ds} {method['label']} W={workers}): {err}") from None
     ckpt = ()
     if env.get("CHECKPOINT_EVERY"):
         ckpt = ("--checkpoint-every", env["CHECKPOINT_EVERY"])
+    try:
+        args = to_args(train_options(cfg, method, dcfg, seed, env)) + extra
+        tc = check_train_args(src["data"], args + list(ckpt))
+        check_settings(tc)
+        check_system(tc, workers)
+    except MpimemError as err:
+        raise MpimemError(f"run {index} ({ds} {method['label']} W={workers}): {err}") from None
     return PlannedRun(index=index, dataset=ds, label=method["label"], workers=workers, seed=seed,
                       mode=tc.mode, topology=tc.topology, ranks=ranks_of(tc.topology, workers),
                       args=tuple(args), checkpoint_args=ckpt, **src)

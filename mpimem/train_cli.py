@@ -1,13 +1,12 @@
 """`mpimem train DATA.h5 ...`: the options of Mem-SGD training (run under mpiexec -n W+1), and
 `--dump-config`, which prints the resolved configuration as TOML (one process is enough)."""
 import argparse
-import os
 
 from . import __version__
 from .compressors import COMPRESSORS
 from .config import (ASYNC_STEPS, L2_PLACEMENTS, METHODS, MODES, TOPOLOGIES, dump_toml,
                      has_server, load_toml, merge, resolve)
-from .errors import MpimemError
+from .errors import MpimemError, expected_ranks
 from .schedule import AVERAGINGS, SCHEDULES
 
 
@@ -74,7 +73,8 @@ def register(sub) -> None:
     g = p.add_argument_group("checkpoints (docs/checkpoints.md)")
     g.add_argument("--checkpoint-every", metavar="N|Ts",
                    help="checkpoint every N rounds or every T seconds ('500', '30s', '5m'; "
-                        "'off' for none; default 60s); a final checkpoint is always written")
+                        "'off' for none, not even the final one; default 60s); with an interval a final "
+                        "checkpoint is always written")
     g.add_argument("--keep-checkpoints", type=int, metavar="K", help="checkpoints kept (default 2)")
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing run file and discard the checkpoints of its run "
@@ -110,8 +110,8 @@ def dump_workers(comm, topology: str) -> int:
     ranks = comm.Get_size()
     if ranks > 1:
         check_world_size(comm)
-    elif os.environ.get("MPIMEM_EXPECT_RANKS"):
-        ranks = int(os.environ["MPIMEM_EXPECT_RANKS"])
+    elif expected_ranks() is not None:
+        ranks = expected_ranks()
     else:
         return 1
     return ranks - (1 if has_server(topology) else 0)

@@ -40,6 +40,7 @@ def check_accounting(run):
     return per_worker
 
 
+@pytest.mark.mpi_core
 @pytest.mark.parametrize("operator", [
     ["--compressor", "rand_k", "--k", "5"],
     ["--compressor", "top_k", "--k", "3", "--batch-size", "2", "--l2", "server", "--schedule",
@@ -77,6 +78,7 @@ def test_exact_accounting_with_uneven_shards(eps, tmp_path):
     assert np.isfinite(run["metrics"]["subopt_xbar"]).all()
 
 
+@pytest.mark.mpi_core
 def test_slow_worker_neither_deadlocks_nor_loses_messages(eps, tmp_path):
     out = tmp_path / "a.h5"
     run = train(4, eps, out, "--mode", "async", "--compressor", "top_k", "--k", "2",

@@ -116,6 +116,7 @@ CASES = [
 ]
 
 
+@pytest.mark.mpi_core
 @pytest.mark.parametrize("which,workers,opts,every,start", CASES,
                          ids=["rcv-W2-topk-pool", "eps-W3-qsgd", "rcv-W2-randk-l2worker",
                               "eps-W2-downlink", "eps-W2-ef21", "rcv-W2-ef21-bc",

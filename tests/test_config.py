@@ -211,6 +211,56 @@ def test_dump_config_refuses_resume_and_a_too_small_world_in_one_line(eps):
                                   "(600 rows for 2 workers)"), proc.stderr
 
 
+# ---------------------------------------------------------------------- one validation (issue 18)
+@pytest.mark.parametrize("every", ["0", "0s", "0.0", "00", "0m", " 0 "])
+def test_a_zero_checkpoint_interval_is_refused_naming_off(every):
+    """'0' used to mean 'no checkpoints, not even the final one' while '0s' was refused: both
+    are refused now, and the line names the spelling that turns checkpoints off."""
+    with pytest.raises(MpimemError, match="--checkpoint-every must be > 0") as err:
+        resolve(TrainConfig(checkpoint_every=every), 100, 10, 1)
+    assert "--checkpoint-every off writes no checkpoints, not even the final one" in str(err.value)
+
+
+def test_a_zero_checkpoint_interval_in_toml_is_refused_like_the_command_line(tmp_path):
+    for value in ("0", '"0"', '"0s"', "0.0"):
+        cfg = merge({}, write(tmp_path, f"[train]\ncheckpoint_every = {value}\n"))
+        with pytest.raises(MpimemError, match="--checkpoint-every off"):
+            resolve(cfg, 100, 10, 1)
+
+
+@pytest.mark.parametrize("toml,message", [
+    ('checkpoint_every = "abc"', "--checkpoint-every must be a number of rounds"),
+    ("checkpoint_every = 300.5", "--checkpoint-every: rounds must be a whole number >= 1, got '300.5'"),
+    ("keep_checkpoints = -1", "--keep-checkpoints must be >= 1, got -1"),
+    ("keep_checkpoints = 0", "--keep-checkpoints must be >= 1, got 0"),
+])
+def test_dump_config_refuses_what_train_refuses(eps, tmp_path, toml, message):
+    """--dump-config used to write values that `train` then refused: both call
+    mpimem.config.resolve, which checks the checkpoint settings too."""
+    path = write(tmp_path, f"[train]\n{toml}\n")
+    with pytest.raises(MpimemError, match=re.escape(message)):
+        resolve(merge({}, path), 100, 10, 1)
+    proc = run_cli(["train", eps, "--config", path, "--dump-config"])
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    assert proc.stderr.startswith("mpimem: error: ") and proc.stderr.count("\n") == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_valid_checkpoint_setting_still_dumps_and_off_is_kept(eps, tmp_path):
+    proc = run_cli(["train", eps, "--dump-config", "--checkpoint-every", "off",
+                    "--keep-checkpoints", "3"], check=True)
+    table = tomllib.loads(proc.stdout)["train"]
+    assert (table["checkpoint_every"], table["keep_checkpoints"]) == ("off", 3)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "2.5"])
+def test_expect_ranks_that_is_not_a_rank_count_is_one_line(eps, value):
+    proc = run_cli(["train", eps, "--dump-config"], env={"MPIMEM_EXPECT_RANKS": value})
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == ("mpimem: error: MPIMEM_EXPECT_RANKS must be a whole number of MPI "
+                           f"ranks >= 1, got '{value}'\n")
+
+
 # ---------------------------------------------------------------------- docs/configs
 STUDIES = sorted((ROOT / "jobs" / "studies").glob("*.toml"))
 CONFIGS = ROOT / "docs" / "configs"

@@ -191,3 +191,32 @@ def test_convert_and_optimum_progress_on_stderr(tmp_path):
     assert "mpimem data optimum: L-BFGS iteration 1, f = " in opt.stderr
     bad = run_cli(["data", "convert", src, tmp_path / "r.h5"], env={"MPIMEM_PROGRESS_EVERY": "x"})
     assert bad.returncode == 2 and bad.stderr.startswith("mpimem: error: MPIMEM_PROGRESS_EVERY")
+
+
+# -- a UTF-8 byte-order mark (issue 18) ------------------------------------------------------
+BOM_TEXT = b"\xef\xbb\xbf+1 1:0.5 2:1\n-1 3:2\n"
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_a_leading_utf8_bom_is_skipped(tmp_path, suffix):
+    """A file saved by an editor that writes a BOM used to be refused as label 'ï»¿+1'."""
+    src, out = tmp_path / f"bom.svm{suffix}", tmp_path / "bom.h5"
+    src.write_bytes(gzip.compress(BOM_TEXT) if suffix else BOM_TEXT)
+    proc = run_cli(["data", "convert", src, out])
+    assert proc.returncode == 0, proc.stderr
+    shard = read_shard(str(out))
+    assert shard.y.tolist() == [1.0, -1.0]
+    assert np.asarray(shard.X).tolist() == [[0.5, 1.0, 0.0], [0.0, 0.0, 2.0]]
+
+
+def test_the_bom_is_skipped_by_the_compiled_and_the_python_parsers(monkeypatch):
+    from mpimem.data import libsvm
+
+    compiled = libsvm.parse_block(BOM_TEXT, 1, 1)
+    monkeypatch.setattr(libsvm, "parse_compiled", lambda *args: None)   # the fallback parsers
+    fallback = libsvm.parse_block(BOM_TEXT, 1, 1)
+    for block in (compiled, fallback):
+        assert block.labels.tolist() == [1.0, -1.0]
+        assert block.indices.tolist() == [1, 2, 3] and block.values.tolist() == [0.5, 1.0, 2.0]
+    with pytest.raises(libsvm.LineError, match="non-numeric label"):   # only before line 1
+        libsvm.parse_block(b"+1 1:1\n\xef\xbb\xbf-1 1:1\n", 1, 1)

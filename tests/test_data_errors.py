@@ -111,3 +111,69 @@ def test_bad_dataset_file(tmp_path, how, problem):
         broken_h5(data, how)
     command = "optimum" if how in ("missing y", "not hdf5") else "info"
     assert_one_line_error(run_cli(["data", command, data]), str(data), None, problem)
+
+
+# -- issue 18: numbers in errors, a single class, an optimum that did not converge --------------
+def test_a_numpy_attribute_in_an_error_is_printed_as_a_plain_number(tmp_path):
+    src, out = tmp_path / "in.svm", tmp_path / "out.h5"
+    src.write_bytes(GOOD)
+    run_cli(["data", "convert", src, out], check=True)
+    with h5py.File(out, "r+") as f:
+        f.attrs["format_version"] = np.int64(9)
+    proc = run_cli(["data", "info", out])
+    assert proc.returncode == 2
+    assert proc.stderr == (f"mpimem: error: {out}: unsupported data-set format_version 9 (this "
+                           f"mpimem reads 2)\n")
+
+
+@pytest.mark.parametrize("label", ["+1", "-1"])
+def test_single_class_data_is_said_in_one_note(tmp_path, label):
+    src, out = tmp_path / "in.svm", tmp_path / "out.h5"
+    src.write_text(f"{label} 1:0.5 2:1\n{label} 3:2\n{label} 1:1\n")
+    run_cli(["data", "convert", src, out], check=True)
+    note = (f"mpimem: note: all 3 labels are {label}: the data set has a single class (logistic "
+            f"regression then only learns to push every row to {label}; accuracy is trivially 1)")
+    for command in ("info", "optimum"):
+        proc = run_cli(["data", command, out])
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.splitlines() == [note], (command, proc.stderr)
+    proc = run_cli(["data", "info", out])
+    assert "|grad f(x*)|" in proc.stdout   # the optimum was stored: a note, not an error
+
+
+def test_two_classes_have_no_note(tmp_path):
+    src, out = tmp_path / "in.svm", tmp_path / "out.h5"
+    src.write_bytes(GOOD)
+    run_cli(["data", "convert", src, out], check=True)
+    assert run_cli(["data", "info", out], check=True).stderr == ""
+
+
+def test_an_optimum_that_did_not_converge_is_refused_and_nothing_stored(tmp_path):
+    """A feature of 1e30 (within float32): L-BFGS stops with |grad| ~ 1e12..1e25; that used to be
+    stored as f*, and every run's f(xbar) - f* measured against it."""
+    rng = np.random.default_rng(0)
+    src, out = tmp_path / "big.svm", tmp_path / "big.h5"
+    src.write_text("".join(
+        f"{'+1' if i % 2 else '-1'} 1:{rng.standard_normal() * 1e30:.6g} "
+        + " ".join(f"{j}:{rng.standard_normal():.6g}" for j in range(2, 5)) + "\n"
+        for i in range(40)))
+    run_cli(["data", "convert", src, out], check=True)
+    proc = run_cli(["data", "optimum", out])
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"mpimem: error: {out}: the optimum did not converge: |grad f(x)| = ")
+    assert "above the tolerance 1e-08" in lines[0] and "nothing stored" in lines[0]
+    with h5py.File(out) as f:
+        assert "optimum" not in f and "optimum_partial" not in f
+
+
+def test_check_converged_states_norm_and_tolerance():
+    from mpimem.data.optimum import Optimum, check_converged
+
+    good = Optimum(x=np.zeros(2), fstar=0.5, grad_norm=1e-11, lam=0.1, iterations=3)
+    check_converged("f.h5", good)
+    for bad in (dict(grad_norm=2e-8), dict(grad_norm=float("nan")), dict(fstar=float("inf"))):
+        opt = Optimum(**{**good.__dict__, **bad})
+        with pytest.raises(Exception, match="the optimum did not converge"):
+            check_converged("f.h5", opt)

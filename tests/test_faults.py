@@ -134,10 +134,10 @@ def test_nan_loss_stops_with_the_round(rcv, tmp_path):
     out = tmp_path / "run.h5"
     proc = run_mpi(3, ["train", rcv, "--out", out, "--schedule", "constant", "--gamma", "1e308",
                        "--epochs", "1", "--checkpoint-every", "50", "--quiet"], timeout=120)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr   # mpimem.metrics.EX_DIVERGED
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpimem: error")]
     assert len(err) == 1 and "NaN/Inf" in err[0] and "round" in err[0]
-    assert read_run(out)["attrs"]["status"] == "failed"
+    assert read_run(out)["attrs"]["status"] == "diverged"
     for path in CK.list_checkpoints(tmp_path / "run.ckpt"):  # only finite states were saved
         assert np.isfinite(CK.load(path)["server"]["z"]).all()
 
@@ -158,10 +158,14 @@ def launch_until_error(args, env):
 
 @pytest.fixture(scope="module")
 def checkpointed(rcv, tmp_path_factory):
-    """A complete checkpointed run; the resume cases fail before they write anything to it."""
+    """A checkpointed run that can be resumed: its final checkpoint removed, its newest one is
+    mid-run (a complete run is not resumed: "nothing to resume"); the resume cases fail before
+    they write anything to it."""
     out = tmp_path_factory.mktemp("ckpt") / "run.h5"
     run_mpi(3, ["train", rcv, "--out", out, "--epochs", "1", "--quiet", "--checkpoint-every",
                 "200"], timeout=180, check=True)
+    final, earlier = CK.list_checkpoints(out.parent / "run.ckpt")[:2]
+    os.remove(final)
     return out
 
 

@@ -5,6 +5,8 @@ mpimem's `--l2 worker` trajectory (x, xbar, every worker's memory) must equal th
 to 1e-10 relative after a few hundred rounds, for every operator, with and without memory,
 b = 1 and 4, W = 1 and 2; in-process through the simulator and once through a real mpiexec.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -112,9 +114,12 @@ def test_fast_path_equals_reference_when_lam_is_zero():
 
 
 def test_reference_tells_the_l2_placements_apart():
-    """The oracle has teeth: the server-side L2 placement is another algorithm, and differs."""
+    """The oracle has teeth: the server-side L2 placement is another algorithm, and differs
+    (tests/test_reference_l2_server.py checks it against mpimem's `--l2 server`)."""
     sim, ref = both(DENSE, 1, compressor="top_k", k=2, l2="server")
-    assert np.abs(sim.x - ref.x).max() > 1e-6 * np.abs(ref.x).max()
+    worker = Reference(replace(ref.cfg, l2="worker"), shards_of(DENSE, 1), ref.d).run(ROUNDS)
+    assert np.abs(sim.x - worker.x).max() > 1e-6 * np.abs(worker.x).max()
+    assert np.abs(ref.x - worker.x).max() > 1e-6 * np.abs(worker.x).max()
 
 
 def test_xoshiro_known_answers():
@@ -128,12 +133,18 @@ def test_top_k_ties_go_to_the_smaller_index():
 
 
 def mpi_against_reference(workers, opts, data, tmp_path):
-    """(run file, reference) after ROUNDS rounds of the same settings (`--l2 worker`, seed 11):
-    a real `mpiexec -n W+1 mpimem train` and mpimem.reference; checks the run completed."""
-    opts = dict(opts, l2="worker", seed=11, samples=ROUNDS * workers * opts.get("batch_size", 1))
+    """(run file, reference) after ROUNDS rounds of the same settings (`--l2 worker` unless
+    opts say otherwise, seed 11): a real `mpiexec -n W+1 mpimem train` and
+    mpimem.reference; checks the run completed."""
+    opts = dict(dict(l2="worker"), **opts)
+    opts.update(seed=11, samples=ROUNDS * workers * opts.get("batch_size", 1))
     args = []
     for key, value in opts.items():
-        args += ["--" + key.replace("_", "-"), value]
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):          # --memory / --no-memory
+            args.append(("--" if value else "--no-") + flag)
+        else:
+            args += ["--" + flag, value]
     out = tmp_path / "run.h5"
     run_mpi(workers + 1, ["train", data, "--out", out, "--quiet", *args], timeout=180, check=True)
     run = read_run(out)

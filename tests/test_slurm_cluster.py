@@ -123,3 +123,38 @@ def test_probe_without_expect_shows_the_trap_passes_silently(slurm, tmp_path):
     rc, output = slurm.sbatch(tmp_path, f"srun -n 2 {sys.executable} {PROBE}", ntasks=2)
     assert rc == 0, output
     assert [s for _, s, _ in _probe_lines(output)] == [1, 1], output
+
+
+INNER = '''
+import subprocess, time
+import pytest
+
+@pytest.fixture(scope="module")
+def slurm():
+    return True
+
+@pytest.mark.timeout(8)
+def test_hangs_with_a_job(slurm):
+    subprocess.run(["sbatch", "-J", "{name}", "-n", "8", "-o", "/dev/null", "--wrap", "sleep 300"],
+                   check=True, capture_output=True)
+    time.sleep(120)   # pytest-timeout (method signal) ends the test here
+'''
+
+
+def test_a_timed_out_test_leaves_no_job_behind(slurm, tmp_path):
+    """A SLURM test killed by pytest-timeout (its default method, signal) with a job that fills
+    the node: the tests' clean-up fixture (tests/conftest.py) cancels the job in the test's
+    teardown, so the next SLURM test starts on an idle node. Old code: the job kept running,
+    and the next SLURM tests waited on a busy node ("node not idle", PENDING jobs)."""
+    name = f"mpimem-test-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "test_inner.py").write_text(INNER.replace("{name}", name))
+    env = dict(_env(), PYTHONPATH=str(ROOT / "tests"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "conftest", "--rootdir", str(tmp_path), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert "Timeout" in proc.stdout and "1 failed" in proc.stdout, proc.stdout + proc.stderr
+    left = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True,
+                          text=True, timeout=20).stdout.strip()
+    pending = [line for line in left.splitlines() if "CANCELLED" not in line and
+               "COMPLETING" not in line]
+    assert not pending, f"the timed-out test left its job: {left}"

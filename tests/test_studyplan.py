@@ -196,6 +196,46 @@ def test_refusals(toy, tmp_path, change, message):
         plan(toy, env(tmp_path, **change))
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(WORKERS="0"), "WORKERS entry must be an integer >= 1, got '0'"),
+    (dict(WORKERS="2 -1"), "WORKERS entry must be an integer >= 1, got '-1'"),
+    (dict(EPOCHS="-1"), "EPOCHS=-1: --epochs must be > 0 and finite, got -1.0"),
+    (dict(EPOCHS="nan"), "EPOCHS=nan: --epochs must be > 0 and finite, got nan"),
+    (dict(EPOCHS="inf"), "EPOCHS=inf: --epochs must be > 0 and finite, got inf"),
+    (dict(BATCH_SIZE="0"), "BATCH_SIZE=0: --batch-size must be >= 1, got 0"),
+    (dict(EVAL_EVERY="0"), "EVAL_EVERY=0: --eval-every must be > 0 epochs, got 0.0"),
+    (dict(EVAL_EVERY="-1"), "EVAL_EVERY=-1: --eval-every must be > 0 epochs"),
+    (dict(CHECKPOINT_EVERY="abc"), "CHECKPOINT_EVERY=abc: --checkpoint-every must be a number of "
+                                   "rounds (500) or a time (30s, 5m, 1h) or 'off', got 'abc'"),
+    (dict(CHECKPOINT_EVERY="0"), "CHECKPOINT_EVERY=0: --checkpoint-every must be > 0"),
+    (dict(D="0"), "D of a must be an integer >= 1, got '0'"),
+    (dict(N="-5"), "N of a must be an integer >= 1, got '-5'"),
+    (dict(N_PER_WORKER="0"), "N_PER_WORKER of a must be an integer >= 1, got '0'"),
+    (dict(EXTRA_ARGS="--keep-checkpoints 0"), "--keep-checkpoints must be >= 1, got 0"),
+    (dict(EXTRA_ARGS="--epochs nan"), "run 0 (a top-2 W=1): --epochs must be > 0 and finite"),
+])
+def test_every_setting_is_checked_before_the_first_run(toy, tmp_path, change, message):
+    """Settings the train parser lets through but `mpimem train` refuses at start (issue 18):
+    refused by the planner, naming the variable and its value, before any run is launched."""
+    with pytest.raises(MpimemError, match=re.escape(message)):
+        plan(toy, env(tmp_path, **change))
+
+
+def test_a_bad_environment_setting_stops_the_job_script_in_one_line(tmp_path):
+    proc = run(["bash", "jobs/common.sh", "count", "theory"], timeout=60, cwd=ROOT,
+               env={"WORKERS": "0", "PYTHON": sys.executable, "DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "WORKERS entry must be an integer >= 1, got '0'" in proc.stderr
+
+
+def test_valid_environment_settings_still_plan(toy, tmp_path):
+    runs = plan(toy, env(tmp_path, EPOCHS="0.5", EVAL_EVERY="0.1", BATCH_SIZE="2",
+                         CHECKPOINT_EVERY="10m", WORKERS="1 2"))
+    assert runs and all(r.checkpoint_args == ("--checkpoint-every", "10m") for r in runs)
+    assert all(opts(r.args)["--epochs"] == "0.5" for r in runs)
+
+
 def test_a_mode_or_option_mpimem_lacks_is_an_error_not_a_fallback(tmp_path):
     """The study itself asks for what this mpimem cannot run: refused, never run as sync."""
     for text, message in (

@@ -64,6 +64,9 @@ def refused(nranks, args, tmp_path, expect, env=None):
     (["--method", "ef21", "--mode", "async"], "--method ef21 needs --mode sync"),
     (["--method", "ef21", "--no-memory"], "--no-memory is for --method memsgd"),
     (["--k-warmup", "2", "--compressor", "qsgd"], "--k-warmup grows k: it needs --compressor top_k"),
+    (["--checkpoint-every", "0"], "--checkpoint-every off writes no checkpoints"),
+    (["--checkpoint-every", "0s"], "--checkpoint-every off writes no checkpoints"),
+    (["--checkpoint-every", "off", "--keep-checkpoints", "-1"], "--keep-checkpoints must be >= 1"),
 ])
 def test_bad_settings_are_refused(small, tmp_path, args, expect):
     refused(3, [small, *args], tmp_path, expect)
@@ -128,3 +131,23 @@ def test_bad_segment_seconds_is_one_line(small, tmp_path, value):
     number of seconds >= 0 is refused before any work, on every rank, in one line."""
     refused(2, [small], tmp_path, "MPIMEM_SEGMENT_SECONDS must be a number of seconds >= 0",
             env={"MPIMEM_SEGMENT_SECONDS": value})
+
+
+def test_expect_ranks_that_is_not_a_number_is_one_line_not_an_internal_error(small, tmp_path):
+    refused(2, [small], tmp_path, "MPIMEM_EXPECT_RANKS must be a whole number of MPI ranks >= 1, "
+            "got 'abc'", env={"MPIMEM_EXPECT_RANKS": "abc"})
+
+
+def test_single_class_data_trains_with_one_note(tmp_path):
+    """Every label +1: the run completes, and rank 0 says so once (a note, not an error)."""
+    src = tmp_path / "one.svm"
+    src.write_text("".join(f"+1 1:{0.1 + i / 50:.3f} 2:0.5\n" for i in range(40)))
+    data, out = tmp_path / "one.h5", tmp_path / "run.h5"
+    from conftest import run_cli
+    run_cli(["data", "convert", src, data, "--dtype", "float32"], check=True)  # synth's dtype
+    proc = run_mpi(3, ["train", data, "--out", out, "--quiet"], timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "single class" in line]
+    assert notes == ["mpimem: note: all 40 labels are +1: the data set has a single class "
+                     "(logistic regression then only learns to push every row to +1; accuracy "
+                     "is trivially 1)"], proc.stderr

@@ -73,6 +73,7 @@ def case_id(which, workers, opts):
     return "-".join([which, f"W{workers}", opts["compressor"], *filter(None, tags)])
 
 
+@pytest.mark.mpi_core
 @pytest.mark.parametrize("which,workers,opts", CASES, ids=[case_id(*c) for c in CASES])
 def test_mpi_run_equals_simulator_bit_for_bit(which, workers, opts, eps, rcv, tmp_path):
     data = {"eps": eps, "rcv": rcv}[which]
@@ -132,6 +133,7 @@ def test_ef21_bc_byte_counts_follow_the_wire_formula(eps, tmp_path):
     assert "method ef21" in settings and "downlink-k 4" in settings, settings
 
 
+@pytest.mark.mpi_core
 def test_run_file_layout_and_info(eps, tmp_path):
     out = tmp_path / "run.h5"
     proc = run_mpi(3, ["train", eps, "--out", out, "--epochs", 1, "--eval-every", 0.25], check=True)
@@ -140,7 +142,7 @@ def test_run_file_layout_and_info(eps, tmp_path):
     with h5py.File(out) as h5:
         assert h5.attrs["format"] == "mpimem-run" and h5.attrs["status"] == "complete"
         assert list(h5["metrics/epoch"][()]) == [0.0, 0.25, 0.5, 0.75, 1.0]
-        assert h5.attrs["mpi_version"].startswith("MPICH")
+        assert h5.attrs["mpi_version"].startswith(("MPICH", "Open MPI", "Intel(R) MPI"))
         assert np.isfinite(h5.attrs["fstar"])
         subopt = h5["metrics/subopt_xbar"][()]
         assert np.all(subopt[1:] > 0) and subopt[-1] < subopt[1]

@@ -33,6 +33,7 @@ CASES = [
 ]
 
 
+@pytest.mark.mpi_core
 @pytest.mark.parametrize("which,workers,opts", CASES,
                          ids=[f"{c[0]}-W{c[1]}-{c[2]['topology']}-{c[2]['compressor']}"
                               for c in CASES])

@@ -3,7 +3,9 @@
 Each command imports its machinery when it runs, so `mpimem` starts fast (scipy's optimizer
 and sparse modules are a quarter second each to import). The commands that write (convert,
 synth, optimum) turn SIGTERM and SIGHUP, like Ctrl-C, into an exception, so that what they
-were writing is removed (`h5write`) before the one-line report.
+were writing is removed (`h5write`) before the one-line report. convert and synth follow the
+output policy (mpimem.outputs): an existing OUT only with --overwrite, never a device, FIFO or
+directory, checked before any work; optimum writes into FILE only when it is an mpimem data set.
 """
 import argparse
 import contextlib
@@ -59,6 +61,10 @@ def _interruptible(command):
     return wrapper
 
 
+OVERWRITE_HELP = ("replace an existing OUT.h5 (a regular file; a device, FIFO or directory is "
+                  "never replaced)")
+
+
 def register(subparsers) -> None:
     """Add `data` and its sub-commands to the top-level parser."""
     data = subparsers.add_parser("data", help="convert, generate and inspect data sets")
@@ -79,6 +85,7 @@ def register(subparsers) -> None:
                    help="text parsed per block, in MiB: bounds the memory (default 4)")
     p.add_argument("--normalize", action="store_true",
                    help="scale every row to unit L2 norm (rows of zero norm stay zero)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("synth", help="a synthetic look-alike of epsilon or RCV1")
@@ -89,6 +96,7 @@ def register(subparsers) -> None:
     p.add_argument("--d", type=_positive_int, default=None,
                    help="columns (default: the paper's: epsilon 2,000, rcv1 47,236)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("info", help="describe a data-set file")
@@ -107,7 +115,7 @@ def cmd_convert(args) -> int:
     from .convert import convert
     s = convert(args.input, args.output, index_base=args.index_base, storage=args.storage,
                 d=args.d, dtype=args.dtype, block_bytes=int(args.chunk_mb * (1 << 20)),
-                normalize=args.normalize)
+                normalize=args.normalize, overwrite=args.overwrite)
     if s["index_note"]:
         print(f"mpimem: warning: {s['index_note']}", file=sys.stderr, flush=True)
     print(f"{args.output}: n={s['n']} d={s['d']} nnz={s['nnz']} storage={s['storage']} "
@@ -122,7 +130,8 @@ def cmd_synth(args) -> int:
     kind = KINDS[args.like]
     if args.d is not None and kind.storage == "csr" and args.d < 100:
         raise MpimemError(f"--d {args.d} is too small for an rcv1-like set (at least 100)")
-    s = synthesize(args.output, args.like, n=args.n, seed=args.seed, d=args.d)
+    s = synthesize(args.output, args.like, n=args.n, seed=args.seed, d=args.d,
+                   overwrite=args.overwrite)
     print(f"{args.output}: {args.like}-like n={s['n']} d={s['d']} nnz={s['nnz']} "
           f"storage={s['storage']} seed={s['seed']}")
     return 0
@@ -154,7 +163,8 @@ def cmd_info(args) -> int:
 @_interruptible
 def cmd_optimum(args) -> int:
     from .dataset import read_meta, read_shard
-    from .optimum import check_room, solve_optimum, store_optimum
+    from .optimum import check_dataset_file, check_room, solve_optimum, store_optimum
+    check_dataset_file(args.file)
     meta = read_meta(args.file, optimum=False)
     check_room(args.file, meta.d)
     lam = args.lam if args.lam is not None else 1.0 / meta.n

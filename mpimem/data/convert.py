@@ -18,7 +18,9 @@ digest are of the stored, scaled values, and the file says `normalized = 1`.
 
 The input is read once, front to back, so it may be a pipe or a FIFO (`/dev/stdin`). OUT must
 not be the input itself (the same file under another name, a link, a relative path), and a
-value the stored dtype cannot hold (beyond float32's range) is refused with its line.
+value the stored dtype cannot hold (beyond float32's range) is refused with its line. OUT
+follows the output policy (mpimem.outputs, checked before the input is read): an existing file
+only with `overwrite`, never a device, FIFO or directory.
 """
 import os
 import stat
@@ -27,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MpimemError
-from .h5write import CSRWriter, DenseWriter, atomic_h5, scratch_h5, write_header
+from .h5write import (CSRWriter, DenseWriter, atomic_h5, check_data_output, scratch_h5,
+                      write_header)
 from .libsvm import LineError, parse_block
 from .progress import Ticker, hms
 from .textstream import LineBlocks
@@ -83,15 +86,17 @@ class _Scan:
 
 
 def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64",
-            block_bytes=4 << 20, normalize=False) -> dict:
+            block_bytes=4 << 20, normalize=False, overwrite=False) -> dict:
     """Convert LIBSVM file `src` into data-set file `out`; a summary dict (n, d, nnz, ...,
     and `index_note`: why the guess of `index_base="auto"` deserves a look, or None).
 
     index_base: "0", "1" or "auto" (zero-based if any index is 0, else one-based).
     storage: "dense", "csr" or "auto" (dense when the density exceeds DENSE_ABOVE).
     d: number of columns (default: largest index + 1 after the base shift).
-    normalize: scale every row to unit L2 norm (module docstring)."""
+    normalize: scale every row to unit L2 norm (module docstring).
+    overwrite: replace an existing regular file `out` (refused otherwise, before any work)."""
     _refuse_same_file(src, out)
+    check_data_output(out, overwrite)
     blocks = LineBlocks(str(src), block_bytes)
     scan = _Scan(str(src))
     ticker = Ticker("mpimem data convert")
@@ -114,7 +119,7 @@ def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64"
         width = _columns(scan, base, d)
         density = staged.nnz / (staged.n * width)
         final = storage if storage != "auto" else ("dense" if density > DENSE_ABOVE else "csr")
-        with atomic_h5(out) as f:
+        with atomic_h5(out, overwrite) as f:
             writer = DenseWriter(f, width, dtype) if final == "dense" else CSRWriter(f, dtype)
             _transcribe(stage, writer, base, scan.label_map(), block_bytes, normalize, ticker)
             write_header(f, writer, d=width, source=str(src), source_bytes=blocks.source_bytes,

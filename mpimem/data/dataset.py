@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import MpimemError
+from ..errors import MpimemError, note, plain
 from .checksum import optimum_stamp, row_checksums_csr, row_checksums_dense
 from .h5write import FORMAT, FORMAT_VERSION
 
@@ -125,14 +125,14 @@ def _meta(f, name, optimum=True) -> DatasetMeta:
     attrs = f.attrs
     if attrs.get("format") != FORMAT:
         raise MpimemError(f"{name}: not an mpimem data set (root attribute format is "
-                          f"{attrs.get('format')!r}, expected {FORMAT!r})")
+                          f"{plain(attrs.get('format'))!r}, expected {FORMAT!r})")
     version = attrs.get("format_version")
     if version == 1:
         raise MpimemError(f"{name}: data-set format_version 1 carries no content checksums "
                           f"(written by an older mpimem); make it again with `mpimem data "
                           f"convert` or `mpimem data synth`")
     if version != FORMAT_VERSION:
-        raise MpimemError(f"{name}: unsupported data-set format_version {version!r} "
+        raise MpimemError(f"{name}: unsupported data-set format_version {plain(version)!r} "
                           f"(this mpimem reads {FORMAT_VERSION})")
     missing = [k for k in ("n", "d", "nnz", "storage", "content_sha256") if k not in attrs]
     if missing:
@@ -150,7 +150,7 @@ def _meta(f, name, optimum=True) -> DatasetMeta:
         _expect(f, name, "indices", (nnz,), (np.int32,))
         _expect(f, name, "indptr", (n + 1,), (np.int64,))
     else:
-        raise MpimemError(f"{name}: not a valid mpimem data set (storage {storage!r} is "
+        raise MpimemError(f"{name}: not a valid mpimem data set (storage {plain(storage)!r} is "
                           f"neither 'dense' nor 'csr')")
     _expect(f, name, "y", (n,), (np.int8,))
     _expect(f, name, "checksum", (n,), (np.uint64,))
@@ -200,6 +200,17 @@ def _check_labels(y, name, start):
         raise MpimemError(f"{name}: label {int(y[bad[0]])} in row {start + bad[0]} is not -1 or +1")
 
 
+def single_class_note(n_positive: int, n: int):
+    """The one-line note for labels of a single class (all +1 or all -1), else None: such data
+    trains without error, but the problem is degenerate (every row is classified by the same
+    sign, so accuracy says nothing)."""
+    if n < 1 or 0 < n_positive < n:
+        return None
+    label = "+1" if n_positive == n else "-1"
+    return (f"all {n} labels are {label}: the data set has a single class (logistic regression "
+            f"then only learns to push every row to {label}; accuracy is trivially 1)")
+
+
 def read_meta(path, *, labels=False, optimum=True) -> DatasetMeta:
     """Validate the file's layout; its description. Reads no rows: with `labels`, also every
     label (checked to be +-1) to set `n_positive`, for `data info`; without `optimum`, the
@@ -214,6 +225,9 @@ def read_meta(path, *, labels=False, optimum=True) -> DatasetMeta:
             y = f["y"][start:start + _SCAN_ROWS]
             _check_labels(y, name, start)
             positive += int(np.count_nonzero(y == 1))
+    said = single_class_note(positive, meta.n)   # `data info`, the one caller with labels
+    if said:
+        note(said)
     return DatasetMeta(**{**meta.__dict__, "n_positive": positive})
 
 

@@ -6,6 +6,11 @@ row, with the file's digest `content_sha256`). Datasets grow as blocks are appen
 neither writer needs to know n in advance; chunks are about 256 KiB, so a shard read touches at
 most one partial chunk at each end of its block.
 
+OUT follows mpimem's output policy (mpimem.outputs): an existing file is refused unless
+overwrite (--overwrite), a device, FIFO or directory is never replaced; the commands check it
+before any work (`check_output`), and `atomic_h5` checks it again when the finished file is put
+in place (exclusively without overwrite: a file created meanwhile is not replaced).
+
 Temporary files are `.OUT.TAG.HOST.PID` next to OUT. A failed, interrupted or out-of-space write
 removes its own (it is truncated first, so that HDF5 can close it on a full disk); a killed
 one is removed by the next writer of the same OUT on the same host, once PID is not alive.
@@ -23,6 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MpimemError
+from ..outputs import check_output, publish
 from .checksum import Digest, row_checksums_csr, row_checksums_dense
 
 FORMAT = "mpimem-dataset"
@@ -97,18 +103,23 @@ def _temporary(path, tag):
         raise
 
 
+def check_data_output(path, overwrite=False) -> None:
+    """Before any work: `path` may be written as a data-set file (mpimem.outputs policy)."""
+    check_output(path, overwrite,
+                 exists_hint="give --overwrite to replace it (or choose another output name)")
+
+
 @contextlib.contextmanager
-def atomic_h5(path):
+def atomic_h5(path, overwrite=False):
     """Yield an `h5py.File` open for writing at a temporary name next to `path`; on success it
-    is renamed to `path`, on any error (or interrupt) it is removed and `path` is untouched."""
+    is put in place as `path` (mpimem.outputs.publish: an existing file only with overwrite,
+    never a device or directory), on any error (or interrupt) it is removed and `path` is
+    untouched."""
+    check_data_output(path, overwrite)
     with _temporary(path, "tmp") as (f, tmp):
         yield f
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise write_failure(path, exc) from None
+    publish(tmp, path, overwrite,
+            exists_hint="give --overwrite to replace it (or choose another output name)")
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .libsvm_kernels import parse_compiled
+from .textstream import BOM
 
 LABELS = (-1.0, 0.0, 1.0, 2.0)
 MAX_INDEX = 2**31 - 1
@@ -67,7 +68,10 @@ def parse_block(buf: bytes, first_line: int, min_index: int) -> Block:
     """Parse `buf` (whole lines, ending with a newline) whose first line is `first_line`.
 
     `min_index` is the smallest index allowed (1 for one-based files, 0 otherwise). Raises
-    `LineError` for the first bad line."""
+    `LineError` for the first bad line. A UTF-8 byte-order mark before line 1 is skipped (the
+    same for the compiled and the Python parsers)."""
+    if first_line == 1 and buf.startswith(BOM):
+        buf = buf[len(BOM):]
     parsed = parse_compiled(buf, first_line, min_index)
     if parsed is not None:
         return Block(*parsed)

@@ -14,6 +14,7 @@ A long solve says how far it is on stderr (`progress`): the L-BFGS iteration and
 Newton step's gradient norm.
 """
 import os
+import stat
 from dataclasses import dataclass
 
 import h5py
@@ -21,10 +22,12 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse.linalg
 
-from ..errors import MpimemError
+from ..errors import MpimemError, note
 from ..objective import hessian_vector, objective_and_grad
+from ..outputs import kind_of
 from .checksum import optimum_stamp
-from .h5write import write_failure
+from .dataset import single_class_note
+from .h5write import FORMAT, write_failure
 from .progress import Ticker
 
 GTOL = 1e-10
@@ -50,6 +53,9 @@ class Optimum:
 def solve_optimum(X, y, lam: float, gtol: float = GTOL) -> Optimum:
     """Minimise f over x in R^d from x = 0 (steps 1 and 2 of the module docstring)."""
     d = X.shape[1]
+    said = single_class_note(int(np.count_nonzero(np.asarray(y) > 0)), len(y))
+    if said:
+        note(said)
     ticker = Ticker("mpimem data optimum")
     done = iter(range(1, LBFGS_MAXITER + 1))
 
@@ -79,6 +85,35 @@ def solve_optimum(X, y, lam: float, gtol: float = GTOL) -> Optimum:
                    iterations=iterations)
 
 
+def check_dataset_file(path) -> None:
+    """`data optimum` writes into FILE by design: refuse (one line, before it is opened) anything
+    that is not a regular file (a FIFO would block the open, a device is never written); that
+    it is an mpimem data set is checked by read_meta, and again by store_optimum."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise MpimemError(f"{path}: cannot read the data set ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise MpimemError(f"{path}: is {kind_of(mode)}, not an mpimem data-set file; "
+                          f"`data optimum` writes only into a data set")
+
+
+ACCEPT_GTOL = 1e-8   # the largest |grad f(x*)| stored: f(x*) - min f <= |grad|^2 / (2 lam)
+
+
+def check_converged(path, opt: Optimum, tol: float = ACCEPT_GTOL) -> None:
+    """MpimemError (nothing is stored) unless the solve converged: f* and the gradient finite
+    and |grad f(x*)| <= tol (the solve aims at GTOL; the data sets of the tests and the
+    benchmarks end near 1e-11). Data whose features are far from unit scale (e.g. raw values of
+    1e30) make f too ill-conditioned for that; normalising them is the cure."""
+    if np.isfinite(opt.fstar) and opt.grad_norm <= tol:
+        return
+    raise MpimemError(f"{path}: the optimum did not converge: |grad f(x)| = {opt.grad_norm:.3g} "
+                      f"after {opt.iterations} iterations, above the tolerance {tol:g} "
+                      f"(f = {opt.fstar:.6g}); nothing stored (features far from unit scale? "
+                      f"convert with --normalize)")
+
+
 def check_room(path, d: int) -> None:
     """MpimemError unless the file system of `path` has room for an x* of length d and
     HEADROOM bytes of HDF5 metadata (checked before solving, and again before writing)."""
@@ -94,10 +129,16 @@ def store_optimum(path, opt: Optimum) -> None:
     /optimum_partial, then moved to /optimum. Refused, with the file untouched, when its file
     system has no room for x* and the metadata (HDF5 cannot close a file cleanly once a
     write failed for lack of space)."""
+    check_converged(path, opt)
     x = np.ascontiguousarray(opt.x, np.float64)
+    check_dataset_file(path)
     check_room(path, x.size)
     try:
         with h5py.File(path, "r+", rdcc_nbytes=0) as f:
+            kind = f.attrs.get("format")
+            if (kind.decode() if isinstance(kind, bytes) else kind) != FORMAT:
+                raise MpimemError(f"{path}: not an mpimem data set (root attribute format is "
+                                  f"{kind!r}); `data optimum` writes only into a data set")
             stamp = optimum_stamp(f.attrs["content_sha256"], opt.lam, opt.fstar,
                                   opt.grad_norm, x)
             if PARTIAL in f:

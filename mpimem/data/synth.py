@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .h5write import CSRWriter, DenseWriter, atomic_h5, write_header
+from .h5write import CSRWriter, DenseWriter, atomic_h5, check_data_output, write_header
 
 CHUNK_ROWS = 4096
 SYNTH_VERSION = 2
@@ -118,13 +118,16 @@ class _Generator:
         return np.where(noisy > 0, 1, -1).astype(np.int8)
 
 
-def synthesize(out, like: str, n: int | None = None, seed: int = 0, d: int | None = None) -> dict:
-    """Write a look-alike of data set `like` ("epsilon" or "rcv1") to `out`; a summary dict."""
+def synthesize(out, like: str, n: int | None = None, seed: int = 0, d: int | None = None,
+               overwrite: bool = False) -> dict:
+    """Write a look-alike of data set `like` ("epsilon" or "rcv1") to `out`; a summary dict.
+    An existing `out` is replaced only with overwrite (mpimem.outputs), checked first."""
+    check_data_output(out, overwrite)
     kind = KINDS[like]
     n, d = n or kind.n, d or kind.d
     gen = _Generator(like, d, seed)
     params = dict(like=like, n=n, d=d, seed=seed, synth_version=SYNTH_VERSION)
-    with atomic_h5(out) as f:
+    with atomic_h5(out, overwrite) as f:
         writer = DenseWriter(f, d, np.float32) if kind.storage == "dense" else \
             CSRWriter(f, np.float32)
         for chunk, start in enumerate(range(0, n, CHUNK_ROWS)):

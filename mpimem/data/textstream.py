@@ -4,7 +4,8 @@ The compression is recognised by the file's magic bytes, not its name. The raw (
 bytes are hashed on the way in, so a conversion records the source's SHA-256 without reading
 the file twice. Nothing seeks: the magic bytes are read ahead and served again, so the input
 may be a pipe, a FIFO or `/dev/stdin`. Each block ends with a newline (one is appended to a last line without one);
-a single line longer than the block size is read whole.
+a single line longer than the block size is read whole. A UTF-8 byte-order mark at the start of
+the text is skipped.
 """
 import bz2
 import gzip
@@ -18,6 +19,8 @@ from ..errors import MpimemError
 _MAGIC = ((b"\x1f\x8b", "gzip", gzip.open),
           (b"BZh", "bzip2", bz2.open),
           (b"\xfd7zXZ\x00", "xz", lzma.open))
+
+BOM = b"\xef\xbb\xbf"   # UTF-8 byte-order mark: skipped at the start of the (decompressed) text
 
 # What a damaged or truncated compressed stream raises, by module.
 _STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, OSError)
@@ -105,16 +108,27 @@ class LineBlocks:
 
     def _blocks(self):
         stream = self._open_stream()
-        first_line, carry = 1, b""
+        first_line, carry, start = 1, b"", True
         while True:
             try:
                 chunk = stream.read(self.block_bytes)
+                while start and chunk and len(chunk) < len(BOM) and BOM.startswith(chunk):
+                    more = stream.read(self.block_bytes)   # a pipe may hand over 1-2 bytes
+                    if not more:
+                        break
+                    chunk += more
             except _STREAM_ERRORS as exc:
                 line = first_line + carry.count(b"\n")
                 raise MpimemError(f"{self.path}:{line}: truncated or corrupt {self.compression} "
                                   f"stream ({exc})") from None
             if not chunk:
                 break
+            if start:                               # a leading UTF-8 byte-order mark (Windows
+                start = False                       # editors write one) is not text: skipped
+                if chunk.startswith(BOM):
+                    chunk = chunk[len(BOM):]
+                    if not chunk:
+                        continue
             cut = chunk.rfind(b"\n")
             if cut < 0:
                 carry += chunk
