@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[mpich,test,figures]'
 	# compile every kernel for this CPU into the install's cache (<venv>/var/cache/mpimem, README "Compiled code")
-	$(PY) -m mpimem.warm || echo "make: mpimem.warm did not complete; kernels are compiled when first used"
+	$(PY) -m mpimem.cli.warm || echo "make: mpimem.cli.warm did not complete; kernels are compiled when first used"
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m mpimem.demo
+	$(PY) -m mpimem.cli.demo
 
 test: install
 	bash tests/run-tests.sh

@@ -2,11 +2,11 @@
 
 Parameters (all measured here, `python -m analysis.costmodel measure`):
   alpha  latency of one MPI message (s)           } fitted to an MPI ping-pong (mpiexec -n 2,
-  B      bandwidth (bytes/s)                       } from a compiled loop as in mpimem.segments):
+  B      bandwidth (bytes/s)                       } from a compiled loop as in mpimem.comm.segments):
                                                      t(m) = alpha + m / B, least squares on medians
-  c      worker compute per sample (s): gradient + compression (mpimem.step.worker_step)
+  c      worker compute per sample (s): gradient + compression (mpimem.core.step.worker_step)
   c_a    cost of aggregating + applying one message (s): step.agg_add + agg_finish + apply,
-         both timed inside the compiled in-process loop (mpimem.segments.local_segment)
+         both timed inside the compiled in-process loop (mpimem.comm.segments.local_segment)
 
 Per design, W workers, mini-batch b, uplink message m bytes (top-k 8k, rand-k 4k, dense 4d),
 k_eff entries per message (k, or d dense):
@@ -83,8 +83,9 @@ import sys
 import numpy as np
 from numba import njit
 
-from mpimem import mpicall as mc
-from mpimem.launch import mpiexec_command
+from mpimem.comm import mpicall as mc
+from mpimem.core.clock import now
+from mpimem.comm.launch import mpiexec_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGNS = ("sync", "async", "allgather", "sparse-allreduce", "hierarchical")
@@ -96,22 +97,22 @@ SIZES = (8, 64, 512, 4096, 16384, 65536)  # the range of our messages (dense d=2
 # ------------------------------------------------------------------------------ measurement
 @njit(cache=True)
 def _pingpong_loop(mpi, buf, size, n, rank, out):
-    """Compiled: n round trips of `size` bytes between ranks 0 and 1 (mpimem.mpicall, as the
+    """Compiled: n round trips of `size` bytes between ranks 0 and 1 (mpimem.comm.mpicall, as the
     compiled loops call MPI); out[i] = half the i-th round trip (s)."""
     for i in range(n):
-        t0 = mc.now(mpi)
+        t0 = now(mpi)
         if rank == 0:
             mc.send(mpi, buf, size, 1, 1)
             mc.recv(mpi, buf, size, 1, 2)
         else:
             mc.recv(mpi, buf, size, 0, 1)
             mc.send(mpi, buf, size, 0, 2)
-        out[i] = (mc.now(mpi) - t0) / 2
+        out[i] = (now(mpi) - t0) / 2
 
 
 def pingpong(sizes=SIZES, reps=200):
     """Run under mpiexec -n 2: median one-way time per size (half the round trip), rank 0,
-    from a compiled loop calling MPI as the training loops do (mpimem.segments)."""
+    from a compiled loop calling MPI as the training loops do (mpimem.comm.segments)."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -156,10 +157,10 @@ def measure_compute(d=400, n=20000, k=10, reps=3, seed=0, data=None):
     cost c_a of aggregating + applying one message (s), on the data set `data` (all its rows:
     the runs the model is validated against, so that the rows come from the same level of the
     memory hierarchy), or on a dense n x d Gaussian matrix when there is none."""
-    from mpimem.compressors import make_compressor
-    from mpimem.config import TrainConfig, resolve
+    from mpimem.core.operators import make_compressor
+    from mpimem.run.config import TrainConfig, resolve
     from mpimem.data.dataset import read_shard
-    from mpimem.engine import RoundRule, ShardData
+    from mpimem.run.algorithm import Algorithm, ShardData
 
     if data and os.path.exists(data):
         part = read_shard(data, 0, 1)
@@ -174,7 +175,7 @@ def measure_compute(d=400, n=20000, k=10, reps=3, seed=0, data=None):
         cfg = resolve(TrainConfig(data="-", compressor=name, k=k, schedule="bottou", gamma=1.0),
                       n, d, 1)
         comp = make_compressor(name, d, cfg.k, None, True, 0)
-        rule = RoundRule(cfg, d, 1, comp)
+        rule = Algorithm(cfg, d, 1, comp)
         ws = rule.new_worker(1, shard)
         rep, agg = rule.new_replica(), rule.make_aggregator()
         rule.run_local(ws, shard, rep, agg, None, 0, 200)   # warm-up
@@ -453,7 +454,7 @@ def measured_bytes(design, W, compressor, k, data, workdir, G=2, epochs=1.0, tim
     """Run `mpiexec -n ranks python -m mpimem train DATA --topology ...` (ranks W + 1 for the
     server, else W; oversubscribed is fine: bytes do not depend on timing) and return the
     RUN.h5 counters per computing rank and round: bytes_up / rounds / W (last row)."""
-    from mpimem.runfile import read_run
+    from mpimem.run.runfile import read_run
 
     ranks = W + 1 if design == "server" else W
     tag = f"{design}-W{W}-{compressor}-k{k}" + (f"-G{G}" if design == "hierarchical" else "")

@@ -22,9 +22,9 @@ best-loss among the study's usable runs of that data set (so every usable run re
 study 2, among its runs other than EF21 (which the paper did not run: it does not move the
 paper's target, and may not reach it).
 Only usable runs enter the numbers: status "complete", and f(xbar) went below its starting value
-without diverging (mpimem.runlabel.convergence_flag). Every other run is named on stderr, in the
+without diverging (mpimem.run.runlabel.convergence_flag). Every other run is named on stderr, in the
 figure and in the tables; readable ones are drawn dotted, labelled with their status or flag.
-Every curve says what it sent (mpimem.runlabel.run_label: QSGD by its levels s and the bits
+Every curve says what it sent (mpimem.run.runlabel.run_label: QSGD by its levels s and the bits
 per entry, memory on/off, ...) and which algorithm sent it: an EF21 run (config method "ef21";
 run files without the key ran Mem-SGD) is labelled "top-1, EF21" and drawn dash-dotted; panel
 titles name the data set with n, d and "synthetic" for a generated look-alike; worker axes tick
@@ -43,7 +43,7 @@ import numpy as np
 
 from mpimem.errors import MpimemError
 from mpimem.outputs import check_output, write_output
-from mpimem.runlabel import bits_per_entry, data_label, first_crossing, run_label
+from mpimem.run.runlabel import bits_per_entry, data_label, first_crossing, run_label
 
 from .load import load_runs, run_method
 
@@ -154,7 +154,7 @@ def _default_target(runs):
 
 
 def curve_label(run):
-    """A run's name in a legend: what it sent (mpimem.runlabel.run_label: operator, QSGD levels
+    """A run's name in a legend: what it sent (mpimem.run.runlabel.run_label: operator, QSGD levels
     and bits per entry, memory on/off or EF21 / EF21-BC for method "ef21", non-default
     k warm-up/mode/topology/downlink/L2)."""
     return run_label(run.config, int(run.attrs.get("d", 0))) if run.config else run.label

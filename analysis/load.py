@@ -10,7 +10,7 @@ to the run file; without one they are derived from the run's own attributes (the
 The method (Mem-SGD "memsgd" or "ef21") is the config's `method`; run files written before
 the key existed ran Mem-SGD.
 The data set's title says its size and whether it is a synthetic look-alike
-(mpimem.runlabel.data_label: meta.json's `synthetic`, else the data file's `source`).
+(mpimem.run.runlabel.data_label: meta.json's `synthetic`, else the data file's `source`).
 
 A complete run whose f(xbar) diverged or never went below its starting value gets a `flag`
 (`convergence_flag`): it is not `usable`, so no number (target, ratio, speed-up) rests on it.
@@ -23,7 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mpimem.runlabel import convergence_flag, data_label
+from mpimem.core.operators import SPARSIFIERS
+from mpimem.run.runlabel import convergence_flag, data_label
 
 RUN_FORMAT = "mpimem-run"
 
@@ -85,13 +86,13 @@ def method_label(cfg: dict) -> str:
     comp = cfg.get("compressor", "?")
     mem = cfg.get("memory", True)
     if run_method(cfg) == "ef21":
-        size = f"{comp[:-2]}{cfg.get('k')}" if comp in ("top_k", "rand_k") else comp
+        size = f"{comp[:-2]}{cfg.get('k')}" if comp in SPARSIFIERS else comp
         return f"ef21-{size}"
     if comp == "none":
         return "SGD"
     if comp == "qsgd":
         return f"QSGD-{cfg.get('bits')}bit" if cfg.get("bits") else f"QSGD-s{cfg.get('levels')}"
-    if comp in ("top_k", "rand_k"):
+    if comp in SPARSIFIERS:
         base = f"{comp[:-2]}-{cfg.get('k')}"
     else:
         base = comp

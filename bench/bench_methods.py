@@ -13,7 +13,7 @@ that does not reach it shows its best f(xbar) - f* and the MB it had sent by the
 Table 2: f(xbar) - f* after 3 epochs on the epsilon-like and RCV1-like sets, and its ratio to
 plain SGD's and to Mem-SGD's (the issue's convergence measure for EF21).
 
-The runs use the in-process simulator (mpimem.simulate), which tests/test_train_mpi.py holds
+The runs use the in-process simulator (mpimem.run.simulate), which tests/test_train_mpi.py holds
 bit-identical to `mpiexec` runs, byte counts included; bytes are therefore exact wire bytes.
 
     python -m bench.bench_methods [--eps-n N] [--rcv-n N] [--epochs E] [--quick]
@@ -23,9 +23,10 @@ import os
 import time
 
 from bench.bench_train import RESULTS, ensure_data
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.simulate import simulate
+from mpimem.run.simulate import simulate
 
 TARGET = 1e-3
 WORKERS = 2

@@ -1,4 +1,4 @@
-"""MPI from compiled code: mpimem.mpicall against numba-mpi, written to bench/results/mpicall.md.
+"""MPI from compiled code: mpimem.comm.mpicall against numba-mpi, written to bench/results/mpicall.md.
 
 The round trip of the sync loop at b = 1 (a worker's Send to rank 0, then rank 0's Bcast back)
 from a compiled loop, under `mpiexec -n 2`, both bindings in the same processes on the same
@@ -22,8 +22,8 @@ import numba_mpi as nm
 import numpy as np
 from numba import njit
 
-from mpimem import mpicall as mc
-from mpimem.launch import mpiexec_command
+from mpimem.comm import mpicall as mc
+from mpimem.comm.launch import mpiexec_command
 
 warnings.filterwarnings("ignore", message="Cannot cache compiled function")
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -91,7 +91,7 @@ def main(argv=None):
                                       timeout=600).stdout.strip().splitlines()[-1])
             for _ in range(2)]   # the second launch finds mpicall's loop in the cache
     last = runs[-1]
-    lines = ["# MPI from compiled code: mpimem.mpicall vs numba-mpi", "",
+    lines = ["# MPI from compiled code: mpimem.comm.mpicall vs numba-mpi", "",
              f"Command: `python -m bench.bench_mpicall` ({time.strftime('%Y-%m-%d %H:%M')}, "
              f"load average {os.getloadavg()[0]:.1f}); `mpiexec -n 2`, a worker's 8-byte Send to "
              f"rank 0 then rank 0's 8-byte Bcast, from a compiled loop; median of "

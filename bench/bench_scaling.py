@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from mpimem.launch import mpiexec_command
+from mpimem.comm.launch import mpiexec_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -50,7 +50,7 @@ def dataset(n, d, workdir):
 
 
 def one_run(data, design, operator, W, args, workdir):
-    from mpimem.runfile import read_run
+    from mpimem.run.runfile import read_run
 
     out = os.path.join(workdir, f"{design}-{operator}-W{W}.h5")
     ranks = W if design in SERVERLESS else W + 1

@@ -1,4 +1,4 @@
-"""Top-k of the worker's memory on sparse data: the bucketed index (mpimem.topk_index) against
+"""Top-k of the worker's memory on sparse data: the bucketed index (mpimem.core.topk_index) against
 the threshold pool (pool_top_k below: mpimem's sparse path before the index) and the full scan
 (kernels.top_k_scan), in the same command, on the same data, with the same k. Writes
 bench/results/topk.md.
@@ -6,7 +6,7 @@ bench/results/topk.md.
     python -m bench.bench_topk [--quick] [--n N] [--k K] [--repeats R]
 
 Each method runs the worker's round in one compiled loop: b rows' logistic gradients into m
-(kernels.grad_csr_into), top-k of |m|, emit (kernels.emit_sparse), and x := x - u on the
+(kernels.grad_csr_into), top-k of |m|, emit (wire.emit_sparse), and x := x - u on the
 iterate (one worker applying its own message, as W = 1 does), so m evolves as in training.
 All methods start from the same warmed-up (m, x) and must end with the same m bit for bit.
 "gradient only" is the loop without top-k and emit (the floor the selection adds to).
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from mpimem import kernels as K
-from mpimem import topk_index as T
+from mpimem.core import kernels as K
+from mpimem.core.wire import emit_sparse
+from mpimem.core import topk_index as T
 
 RESULTS = Path(__file__).resolve().parent / "results" / "topk.md"
 BATCHES = (1, 4, 16, 64)
@@ -39,7 +40,7 @@ def _grad(X, rows, x, m, mark, touched):
 @njit
 def _finish(x, m, mark, touched, nt, sel, n, vals):
     """Emit u = m[sel], apply x := x - u, clear the touched marks."""
-    K.emit_sparse(m, sel, n, vals)
+    emit_sparse(m, sel, n, vals)
     for i in range(n):
         x[sel[i]] -= vals[i]
     for t in range(nt):
@@ -56,7 +57,7 @@ def loop_index(X, rows, b, x, m, mark, touched, sel, vals, k, state):
 
 
 # ------------------------------------------------ the baseline: mpimem's threshold pool, the sparse
-# top-k before mpimem.topk_index replaced it (kept here as this benchmark's baseline)
+# top-k before mpimem.core.topk_index replaced it (kept here as this benchmark's baseline)
 @njit
 def _pool_keep_above(m, pool, npool, inpool, theta):
     """Drop pool members with |m_j| <= theta; returns the new pool size."""
@@ -176,7 +177,7 @@ class Methods:
         if name == "index":
             return loop_index, head + (T.new_state(d, k),)
         if name == "pool":
-            ck = min(d, max(2 * k, int(np.sqrt(d * k))))  # as compressors.TopK
+            ck = min(d, max(2 * k, int(np.sqrt(d * k))))  # the pool of the former sparse path
             return loop_pool, head + (np.zeros(d, np.int64), np.zeros(d, np.uint8),
                                       np.array([0.0, -1.0]), ck, np.zeros(k),
                                       np.zeros(k, np.int64), np.zeros(ck, np.int64),
@@ -217,7 +218,7 @@ def table(results, k, d, n, repeats, cmd):
              "about 74 nonzeros a row). One compiled loop per method: gradient of b rows into "
              f"m (rows drawn uniformly), top-{k} of |m|, emit, x := x - u. Thread CPU time (time.thread_time), median "
              f"of {repeats} interleaved repeats; all methods end on the same m bit for bit.", "",
-             "- index: mpimem.topk_index.select (bucketed lists, O(touched + k) a round)",
+             "- index: mpimem.core.topk_index.select (bucketed lists, O(touched + k) a round)",
              "- pool: the threshold pool (mpimem's sparse path before the index, pool of sqrt(d k))",
              "- scan: kernels.top_k_scan over all d",
              "- gradient only: the same loop without top-k and emit (the floor); a method's "

@@ -26,13 +26,14 @@ import time
 
 import numpy as np
 
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.launch import mpiexec_command
-from mpimem.engine import RoundRule, ShardData, compressor_for, make_averager
-from mpimem.objective import objective
+from mpimem.comm.launch import mpiexec_command
+from mpimem.run.algorithm import Algorithm, ShardData, compressor_for, make_averager
+from mpimem.core.objective import objective
 from mpimem.reference import Reference, Settings
-from mpimem.runfile import read_run
+from mpimem.run.runfile import read_run
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 MAIN_OP = {"epsilon": dict(compressor="top_k", k=1), "rcv1": dict(compressor="top_k", k=50)}
@@ -63,10 +64,10 @@ def reference_us(data, shard, like, opts):
 
 def worker_micro(data, shard, opts, rounds):
     """(worker us/sample, server us/sample) over `rounds` rounds after a warm-up, in the
-    compiled in-process loop (mpimem.segments.local_segment: the steps of the MPI loops)."""
+    compiled in-process loop (mpimem.comm.segments.local_segment: the steps of the MPI loops)."""
     meta = read_meta(data)
     cfg = resolved(data, meta, opts)
-    rule = RoundRule(cfg, meta.d, 1, compressor_for(cfg, meta.d), meta.n)
+    rule = Algorithm(cfg, meta.d, 1, compressor_for(cfg, meta.d), meta.n)
     ws = rule.new_worker(1, shard)
     replica, averager, agg = rule.new_replica(), make_averager(cfg, meta.d), rule.make_aggregator()
     rule.run_local(ws, shard, replica, agg, averager, 0, 200)   # warm-up

@@ -3,7 +3,7 @@
     data.md        LIBSVM conversion vs scikit-learn, synth and `data optimum` times
     train.md       per-sample worker/server work, end to end vs the paper's code and scikit-learn
     checkpoint.md  checkpoint write/load time and size against d and W
-    mpicall.md     MPI from compiled loops: mpimem.mpicall against numba-mpi
+    mpicall.md     MPI from compiled loops: mpimem.comm.mpicall against numba-mpi
     methods.md     bytes to f - f* = 1e-3: Mem-SGD, EF21, EF21-BC, QSGD, SGD
 (`make bench-scaling` runs the scaling study and the cost model separately: it takes longer.)
 Pass --quick for smaller sizes. Timings on a shared 2-core machine are noisy: the tables put

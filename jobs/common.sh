@@ -5,7 +5,7 @@
 #     bash jobs/common.sh count STUDY     number of runs the study expands to (env applied)
 #     bash jobs/common.sh list STUDY      one line per run: index, dataset, label, workers, seed
 #
-# A study (jobs/studies/STUDY.toml, or $STUDY_TOML) is expanded into runs by mpimem/studyplan.py
+# A study (jobs/studies/STUDY.toml, or $STUDY_TOML) is expanded into runs by mpimem/cli/studyplan.py
 #     datasets x methods x workers x seeds        (methods may name the datasets they apply to)
 # which also checks every run's `mpimem train` options with mpimem's own parser: a study that asks
 # for anything this mpimem cannot run (an unknown option, mode or label) fails at once, exit 2.
@@ -51,13 +51,13 @@ _mm_setup() {
     SRUN_MPI=${SRUN_MPI:-pmi2}
     export DATA_DIR STUDY
     [[ -f $STUDY_TOML ]] || { _mm_log "no study file $STUDY_TOML"; return 2; }
-    "$PYTHON" -c 'import mpimem.studyplan' 2>/dev/null ||
+    "$PYTHON" -c 'import mpimem.cli.studyplan' 2>/dev/null ||
         { _mm_log "mpimem is not importable with $PYTHON (activate its environment)"; return 2; }
 }
 
-# The study planner (mpimem/studyplan.py): count | list | run INDEX. It refuses a study that
+# The study planner (mpimem/cli/studyplan.py): count | list | run INDEX. It refuses a study that
 # asks for anything this mpimem cannot run (one line, exit 2).
-_mm_plan() { "$PYTHON" -m mpimem.studyplan "$1" "$STUDY_TOML" "${@:2}"; }
+_mm_plan() { "$PYTHON" -m mpimem.cli.studyplan "$1" "$STUDY_TOML" "${@:2}"; }
 
 # status and ranks of a run file: "complete 3", "diverged 3", "running 3", "missing", "unreadable"
 _mm_run_status() {

@@ -4,6 +4,6 @@ See README.md for the user guide and ../shared/SPEC.md (restated in docs/) for t
 """
 __version__ = "0.1.0"
 
-from ._numba_cache import setup as _setup_numba_cache
+from mpimem._numba_cache import setup as _setup_numba_cache
 
 _setup_numba_cache()   # before numba is imported: see mpimem/_numba_cache.py

@@ -2,7 +2,7 @@
 import sys
 
 try:
-    from .cli import main
+    from mpimem.cli import main
 except KeyboardInterrupt:  # Ctrl-C in the instant before mpimem.cli exists: still one line
     print("mpimem: error: interrupted", file=sys.stderr)
     sys.exit(130)

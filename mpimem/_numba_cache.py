@@ -7,21 +7,21 @@ One directory per version of the sources and per CPU, the same whichever way mpi
 
 * digest: every module of the package that holds compiled code, numba's version and Python's.
   numba's on-disk cache checks only the source file of the function it loads, not the files of
-  the functions it calls: after an update of mpimem.kernels, a cached mpimem.step function would
+  the functions it calls: after an update of mpimem.core.kernels, a cached mpimem.core.step function would
   still run the old kernel, silently; changed sources mean a fresh directory.
 * cpu: the CPU model and a hash of its feature flags (and NUMBA_CPU_NAME/NUMBA_CPU_FEATURES):
   numba compiles for the host CPU, so a compute node whose CPU differs from the login node's
   compiles its own directory, once.
 * base: $MPIMEM_CACHE_DIR, else $NUMBA_CACHE_DIR, else `<sys.prefix>/var/cache/mpimem` (the
   install's cache, beside the venv or installation that holds mpimem; `make install` fills it
-  with `python -m mpimem.warm`). When the install's directory cannot be written (a shared
+  with `python -m mpimem.cli.warm`). When the install's directory cannot be written (a shared
   install run by another user, read-only site-packages) it is read in place if it is complete
-  (its marker file `complete`, written by mpimem.warm), otherwise mpimem compiles into the
+  (its marker file `complete`, written by mpimem.cli.warm), otherwise mpimem compiles into the
   user's cache: $XDG_CACHE_HOME/mpimem, else ~/.cache/mpimem (HOME set and writable), else
   $TMPDIR/mpimem-<uid>.
 
 A process that is about to import numba while its directory is not complete compiles every
-kernel first (mpimem.warm, in a child process) under an exclusive lock of the directory
+kernel first (mpimem.cli.warm, in a child process) under an exclusive lock of the directory
 (`.lock`, flock): the ranks of a node do not all compile at once, one compiles and the others
 wait and then load; rank 0 says so on stderr in one line. numba's cache is made robust here
 too: mpimem's functions get their own locator (numba's own would refuse a directory it cannot
@@ -38,9 +38,9 @@ import platform
 import sys
 import time
 
-MARKER = "complete"            # written by mpimem.warm after every kernel is compiled
+MARKER = "complete"            # written by mpimem.cli.warm after every kernel is compiled
 LOCK = ".lock"
-WARM_SECONDS = 90              # printed estimate of a full compile (measured: mpimem.warm)
+WARM_SECONDS = 90              # printed estimate of a full compile (measured: mpimem.cli.warm)
 ENV_WARMING = "MPIMEM_WARMING"          # set in the warm child: no recursion
 ENV_NO_WARM = "MPIMEM_NO_WARM"          # 1: never compile ahead (each function when first used)
 
@@ -173,7 +173,7 @@ def launch_rank() -> int:
 
 def ensure_compiled() -> None:
     """If this CPU's directory is not complete: one process at a time (flock) compiles every
-    kernel (python -m mpimem.warm) and the others, after it, load them."""
+    kernel (python -m mpimem.cli.warm) and the others, after it, load them."""
     path = STATE.get("dir")
     if not path or STATE["readonly"] or is_complete(path) or os.environ.get(ENV_WARMING) \
             or os.environ.get(ENV_NO_WARM) == "1":
@@ -193,7 +193,7 @@ def ensure_compiled() -> None:
             env = dict(os.environ, **{ENV_WARMING: "1"})
             for name in ("PMI_FD", "PMI_PORT", "PMI_RANK", "PMI_SIZE", "PMIX_RANK"):
                 env.pop(name, None)   # the child is no rank of this job
-            subprocess.run([sys.executable, "-m", "mpimem.warm", "--quiet"], env=env,
+            subprocess.run([sys.executable, "-m", "mpimem.cli.warm", "--quiet"], env=env,
                            stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.SubprocessError):
         pass    # each function is then compiled when first used, as numba does by itself
@@ -216,7 +216,7 @@ def _lock(fd) -> None:
 def write_marker(path, seconds) -> None:
     tmp = os.path.join(path, f".{MARKER}.{os.getpid()}")
     with open(tmp, "w") as fh:
-        fh.write(f"compiled by mpimem.warm in {seconds:.1f} s on {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        fh.write(f"compiled by mpimem.cli.warm in {seconds:.1f} s on {time.strftime('%Y-%m-%d %H:%M:%S')}"
                  f" ({cpu_tag()}, numba {_numba_version()})\n")
     os.replace(tmp, os.path.join(path, MARKER))
 

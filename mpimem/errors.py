@@ -2,7 +2,7 @@
 failing rank ends a whole MPI job.
 
 Inside an MPI world of more than one rank, an exception that is not an agreed MpimemError
-(`mpimem.mpirun.agree`: every rank stops at the same point) means one rank failed while the
+(`mpimem.run.driver.agree`: every rank stops at the same point) means one rank failed while the
 others may be waiting for it in a collective: `abort_world` then reports one line (rank-
 prefixed for internal errors), runs the `at_abort` hooks (rank 0 marks its run file "failed")
 and calls COMM_WORLD.Abort, which ends every rank of the job (mpimem.cli).
@@ -22,7 +22,7 @@ class MpimemError(Exception):
     """A problem with the user's input or environment: reported as one line, exit status 2.
 
     The message names the thing at fault (file, line number, option) and what is wrong with it.
-    agreed=True: raised after every rank agreed to stop here (mpimem.mpirun.agree), so no rank
+    agreed=True: raised after every rank agreed to stop here (mpimem.run.driver.agree), so no rank
     is left waiting and the command simply returns its status.
     """
 

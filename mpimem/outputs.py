@@ -12,7 +12,7 @@
   rename over the old regular file. What is written goes to a temporary file next to the
   output first, so the output is the old file or the new one, never a mixture.
 
-`mpimem train --out` (mpimem.runfile), `mpimem data convert|synth` (mpimem.data.h5write),
+`mpimem train --out` (mpimem.run.runfile), `mpimem data convert|synth` (mpimem.data.h5write),
 `mpimem export --csv --out`, `mpimem plot --out` and `python -m analysis.figures --out` all go
 through here; `mpimem data optimum` writes into an existing data set by design and checks that
 it is one (mpimem.data.optimum.check_dataset_file).
@@ -22,7 +22,7 @@ import errno
 import os
 import stat
 
-from .errors import MpimemError
+from mpimem.errors import MpimemError
 
 KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

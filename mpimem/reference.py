@@ -24,7 +24,7 @@ becomes a shrink of the iterate in step 3, with the same eta = eta_t (t = r b) a
 and likewise x_{r+1} = (1 - b eta lam) x_r - D with a downlink (2'-3' below, e is not shrunk),
 x_{r+1} = (1 - b eta lam) x_r - eta G under EF21 (whose g^w then has no b lam x_r term).
 Here x is a plain dense float64 vector, multiplied by the factor every round; mpimem keeps
-x = s z with a lazy scale s instead (mpimem.model), the same values up to rounding.
+x = s z with a lazy scale s instead (mpimem.core.model), the same values up to rounding.
 
 With a top-K downlink (downlink_k = K), the server keeps a memory e (e_0 = 0) and sends D:
   2'. server:   e := e + (sum_w u^w) / W   (float64: U is not rounded to float32 first)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import run_mpi
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.engine import RoundRule, compressor_for
-from mpimem.runfile import read_run
-from mpimem.simulate import simulate
+from mpimem.run.algorithm import Algorithm, compressor_for
+from mpimem.run.runfile import read_run
+from mpimem.run.simulate import simulate
 
 
 CASES = [
@@ -58,7 +59,7 @@ def test_allgather_equals_sync_server_simulator(which, workers, opts, eps, rcv, 
     assert run["metrics"]["bytes_down"][-1] == sim.bytes_down.sum()
     per_rank = json.loads(run["attrs"]["bytes_per_rank"])
     assert per_rank == [[int(u), int(d)] for u, d in zip(sim.bytes_up, sim.bytes_down)]
-    fixed = RoundRule(cfg, meta.d, workers, compressor_for(cfg, meta.d), meta.n) \
+    fixed = Algorithm(cfg, meta.d, workers, compressor_for(cfg, meta.d), meta.n) \
         .fixed_message_bytes(meta.storage == "dense")
     if fixed >= 0:   # one Allgather of [size, message, padding] slots a round
         slot = 8 + -(-fixed // 8) * 8

@@ -17,7 +17,7 @@ import pytest
 from analysis.figures import FIGURES, Table, curve_label, draw, line_style, scaling_label
 from analysis.load import Run, convergence_flag, load_runs, method_label
 from conftest import ROOT, run, run_mpi
-from mpimem.runlabel import data_label, run_label
+from mpimem.run.runlabel import data_label, run_label
 
 PY = str(Path(__import__("sys").executable))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -296,7 +296,7 @@ def test_communication_figure_mem_sgd_ef21_qsgd_against_mb_up_and_down(results):
 ])
 def test_method_read_from_the_config_memsgd_when_absent(cfg, label, curve, style):
     """Run files written before `method` existed ran Mem-SGD; EF21 runs are labelled EF21 (the
-    study label ef21-top1, the curve label of mpimem.runlabel) and drawn dash-dotted."""
+    study label ef21-top1, the curve label of mpimem.run.runlabel) and drawn dash-dotted."""
     run = Run(path="x.h5", config=cfg, attrs={"d": 20})
     assert (method_label(cfg), curve_label(run), line_style(run)) == (label, curve, style)
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_mpi
 from datasets import make_dataset
-from mpimem.runfile import read_run
+from mpimem.run.runfile import read_run
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def train(nranks, data, out, *opts, env=None, timeout=180):
 
 
 def check_pulls(attrs):
-    """The workers' replicas at checked pulls equalled the server's x (mpimem.async_server)."""
+    """The workers' replicas at checked pulls equalled the server's x (mpimem.run.async_driver)."""
     assert attrs["pull_checks"] >= 1 and attrs["pull_checks_failed"] == 0, attrs
 
 
@@ -52,7 +52,7 @@ def check_accounting(run):
 def test_one_worker_async_equals_sync_bit_for_bit(eps, tmp_path, operator):
     """At W = 1 the async server applies each message as the sync round would: x, xbar, the
     memory and every evaluation point equal the sync run's for every operator (the compiled
-    async loops share mpimem.step with the sync segments). Every case names its steps: the
+    async loops share mpimem.core.step with the sync segments). Every case names its steps: the
     modes' defaults differ (async alone: bottou gamma 1)."""
     opts = [*operator, "--epochs", "1", "--seed", "3"]
     sync = train(2, eps, tmp_path / "s.h5", *opts)
@@ -133,13 +133,13 @@ def test_async_with_allgather_is_refused_in_one_line(eps, tmp_path):
 
 
 def test_change_log_pulls_equal_the_union_of_the_updates_since_each_pull():
-    """The compiled change log (mpimem.async_segments, arrays of mpimem.server_state): a random
+    """The compiled change log (mpimem.comm.async_segments, arrays of mpimem.run.server_state): a random
     sequence of updates (sparse, empty and dense), pulls from 3 workers and prunes, through
     in-place compaction and AsyncCounters.grow, against an independent oracle: the set union
     of the updates after the worker's last pull (np.unique), the whole z when one of them was
     dense or 12 |C| >= 8 d. The checkpoint arrays round-trip; the old code had no such log."""
-    from mpimem import async_segments as A
-    from mpimem.server_state import AsyncCounters, ChangeLog
+    from mpimem.comm import async_segments as A
+    from mpimem.run.server_state import AsyncCounters, ChangeLog
 
     rng = np.random.default_rng(7)
     d, W = 40, 3
@@ -179,7 +179,7 @@ def test_change_log_pulls_equal_the_union_of_the_updates_since_each_pull():
 def test_digest_tells_replicas_apart_bit_for_bit():
     """The pull check's digest of (z, s): equal for equal bytes, different when one bit of z or
     of s differs (the last bit of one coordinate, the scale's last bit, z and s swapped)."""
-    from mpimem.async_segments import digest
+    from mpimem.comm.async_segments import digest
 
     z, s = np.random.default_rng(3).standard_normal(100), np.array([0.75])
     base = digest(z, s)

@@ -10,9 +10,10 @@ import pytest
 
 from conftest import run_mpi
 from datasets import make_dataset
-from mpimem import checkpoint as CK
+from mpimem.run import checkpoint as CK
+from mpimem.run.config import parse_every
 from mpimem.errors import MpimemError
-from mpimem.runfile import read_run
+from mpimem.run.runfile import read_run
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +35,13 @@ def same_final(a, b):
 
 # ---------------------------------------------------------------------- options
 def test_parse_every():
-    assert CK.parse_every("500") == (500, None)
-    assert CK.parse_every("30s") == (None, 30.0)
-    assert CK.parse_every("5m") == (None, 300.0)
-    assert CK.parse_every("off") == (None, None)
+    assert parse_every("500") == (500, None)
+    assert parse_every("30s") == (None, 30.0)
+    assert parse_every("5m") == (None, 300.0)
+    assert parse_every("off") == (None, None)
     for bad in ("abc", "1.5", "-3", "0s"):
         with pytest.raises(MpimemError, match="--checkpoint-every"):
-            CK.parse_every(bad)
+            parse_every(bad)
 
 
 # ---------------------------------------------------------------------- the file, in-process
@@ -191,11 +192,11 @@ def test_full_disk_mid_run_is_a_clear_error(rcv, tmp_path):
 
 
 def test_server_state_round_trip_through_a_checkpoint_file(tmp_path):
-    """mpimem.server_state.ServerState: state_dict() -> checkpoint file -> load_state() restores
+    """mpimem.run.server_state.ServerState: state_dict() -> checkpoint file -> load_state() restores
     every field in place (iterate, averager, downlink memory, timing; the async counters with
     the change log, dense entries and an empty one included); a misshapen array is refused."""
-    from mpimem.model import Averager, Replica
-    from mpimem.server_state import AsyncCounters, ServerState
+    from mpimem.core.model import Averager, Replica
+    from mpimem.run.server_state import AsyncCounters, ServerState
 
     rng = np.random.default_rng(1)
 

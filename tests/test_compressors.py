@@ -8,14 +8,16 @@ import pytest
 from numba import njit
 
 from conftest import run_mpi
-from mpimem import kernels as K
-from mpimem import topk_index
-from mpimem.compressors import Aggregator, decode_downlink, make_compressor, sparse_or_dense_nbytes
-from mpimem.config import merge, resolve
+from mpimem.core import step, topk_index
+from mpimem.core.layout import P_SIZE
+from mpimem.core.operators import make_compressor, quantiser
+from mpimem.core.wire import Aggregator, decode_downlink, sparse_or_dense_nbytes
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.rng import QUANTISE, stream_state
-from mpimem.runfile import read_run
-from mpimem.simulate import simulate
+from mpimem.core.rng import QUANTISE, stream_state
+from mpimem.run.runfile import read_run
+from mpimem.run.simulate import simulate
 
 D = 257
 
@@ -45,12 +47,27 @@ class FakeWorker:
         self.counters[2] = value
 
 
+def send(comp, ws, r: int) -> int:
+    """u = comp(v) for worker state ws in round r into ws.msg; m := v - u; bytes written."""
+    P = comp.fill_params(np.zeros(P_SIZE))
+    return step.compress(P, ws.m, ws.arrays, comp.scratch(ws.worker), ws.worker, r)
+
+
+def decode(comp, msg, worker: int = 1, r: int = 0) -> np.ndarray:
+    """The dense float64 u that message `msg` of `worker` in round r stands for, as the server
+    adds it to its aggregate."""
+    P = comp.fill_params(np.zeros(P_SIZE))
+    agg = Aggregator(comp.d, 1, comp.d)
+    step.agg_add(P, agg.arrays, comp.scratch(worker), msg, msg.size, worker, r)
+    return agg.acc
+
+
 def compress(comp, v, ws=None, r=0):
     """(u decoded as the server decodes it, m after compression, bytes on the wire)."""
     ws = ws or FakeWorker(v.size)
     ws.m[:] = v
-    nbytes = comp.compress(ws, r)
-    u = comp.decode(ws.msg[:nbytes].copy(), ws.worker, r)
+    nbytes = send(comp, ws, r)
+    u = decode(comp, ws.msg[:nbytes].copy(), ws.worker, r)
     return u, ws.m.copy(), nbytes
 
 
@@ -96,9 +113,9 @@ def test_identity_sends_sparse_vectors_sparse():
     ws.m[[3, 70, 200]] = [1.0, -2.0, 3.0]
     ws.cand[:3] = [3, 70, 200]
     ws.ncand = 3
-    nbytes = comp.compress(ws, 0)
+    nbytes = send(comp, ws, 0)
     assert nbytes == sparse_or_dense_nbytes(3, D) == 24
-    u = comp.decode(ws.msg[:nbytes].copy())
+    u = decode(comp, ws.msg[:nbytes].copy())
     assert np.flatnonzero(u).tolist() == [3, 70, 200] and u[70] == -2.0
 
 
@@ -171,10 +188,10 @@ def test_unbiased_quantisers_are_unbiased(name, kw):
 def _pack_unpack(codes, bits):
     body = np.zeros((codes.size * bits + 7) // 8 + 1, np.uint8)
     for i in range(codes.size):
-        K._put_code(body, i, bits, codes[i])
+        quantiser._put_code(body, i, bits, codes[i])
     out = np.empty_like(codes)
     for i in range(codes.size):
-        out[i] = K._get_code(body, i, bits)
+        out[i] = quantiser._get_code(body, i, bits)
     return out
 
 
@@ -217,7 +234,7 @@ def test_downlink_k_sends_exactly_top_k_of_memory_plus_update(d, k_of_d):
         down, rest = downlink_oracle(agg.memory.copy(), messages, workers, k)
         for idx, vals in messages:
             agg.add_sparse(idx, vals)
-        payload = agg.finish()
+        payload = agg.out[: step.agg_finish(agg.arrays, float(workers))]
         assert payload.size == (8 * k if 8 * k < 4 * d else 4 * d)
         idx, vals = decode_downlink(payload, d)
         got = np.zeros(d, np.float32)
@@ -275,7 +292,7 @@ def test_full_top_k_scan_with_block_skipping_equals_a_stable_sort():
     entry; with many ties (integer values, zeros) and d across block boundaries its selection
     must still equal the ranking |m| descending, index ascending (a skip before the heap is
     full, or a block maximum that misses an entry, would break this)."""
-    from mpimem.kernels import top_k_scan
+    from mpimem.core.kernels import top_k_scan
     rng = np.random.default_rng(0)
     for _ in range(500):
         d = int(rng.integers(1, 400))

@@ -10,11 +10,12 @@ import tomllib
 import pytest
 
 from conftest import MPIEXEC, ROOT, mpimem_cmd, run, run_cli, run_mpi
-from mpimem.config import (FIELD_TYPES, NOT_IN_FILE, TrainConfig, dump_toml, load_toml, merge,
-                           resolve, study_examples)
+from mpimem.run.config import FIELD_TYPES, TrainConfig, resolve
+from mpimem.cli.options import NOT_IN_FILE, dump_toml, load_toml, merge
+from mpimem.cli.studyplan import study_examples
 from mpimem.data.dataset import read_meta
 from mpimem.errors import MpimemError
-from mpimem.runfile import read_run
+from mpimem.run.runfile import read_run
 
 
 def write(tmp_path, text, name="c.toml"):
@@ -236,7 +237,7 @@ def test_a_zero_checkpoint_interval_in_toml_is_refused_like_the_command_line(tmp
 ])
 def test_dump_config_refuses_what_train_refuses(eps, tmp_path, toml, message):
     """--dump-config used to write values that `train` then refused: both call
-    mpimem.config.resolve, which checks the checkpoint settings too."""
+    mpimem.run.config.resolve, which checks the checkpoint settings too."""
     path = write(tmp_path, f"[train]\n{toml}\n")
     with pytest.raises(MpimemError, match=re.escape(message)):
         resolve(merge({}, path), 100, 10, 1)
@@ -283,7 +284,7 @@ def test_docs_configs_hold_one_example_per_study_method_as_generated():
         for file, text in study_examples(str(path)).items():
             assert (CONFIGS / file).read_text() == text, (
                 f"docs/configs/{file} is stale; regenerate: python -c 'import pathlib; from "
-                f"mpimem.config import study_examples as e; [pathlib.Path(\"docs/configs\", f)"
+                f"mpimem.cli.studyplan import study_examples as e; [pathlib.Path(\"docs/configs\", f)"
                 f".write_text(t) for s in pathlib.Path(\"jobs/studies\").glob(\"*.toml\") "
                 f"for f, t in e(str(s)).items()]'")
 

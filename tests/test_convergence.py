@@ -5,9 +5,10 @@ Runs the simulator, which the MPI tests prove bit-identical to `mpiexec ... mpim
 import pytest
 
 from datasets import make_dataset
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.simulate import simulate
+from mpimem.run.simulate import simulate
 
 PAPER = dict(schedule="decay", gamma=2.0, shift="d/k", averaging="quadratic", l2="worker")
 

@@ -119,7 +119,7 @@ def test_convert_streams_in_bounded_memory(tmp_path):
         peaks.append(peak_rss_mib(mpimem_cmd("data", "convert", src, tmp_path / f"{name}.h5",
                                              "--chunk-mb", "0.25", "--storage", "csr")))
         assert read_meta(tmp_path / f"{name}.h5").nnz == 400 * read_meta(tmp_path / f"{name}.h5").n
-    interpreter = peak_rss_mib([sys.executable, "-c", "import mpimem.data.cli"])
+    interpreter = peak_rss_mib([sys.executable, "-c", "import mpimem.cli.data"])
     assert peaks[1] - peaks[0] < sizes[0] / 4, (peaks, sizes)
     assert peaks[1] - interpreter < sizes[1] / 2, (peaks, interpreter, sizes)
 

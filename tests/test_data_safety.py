@@ -25,7 +25,7 @@ from mpimem.data.dataset import read_meta, read_shard
 from mpimem.data.h5write import CSRWriter, write_header
 from mpimem.data.synth import synthesize
 from mpimem.errors import MpimemError
-from mpimem.metrics import eval_point, negative_gap
+from mpimem.core.metrics import eval_point, negative_gap
 from test_data_dataset import CountingFile
 from test_data_errors import assert_one_line_error
 

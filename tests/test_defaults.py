@@ -1,12 +1,13 @@
 """Default settings that converge: with nothing but the operator chosen, every compressor brings
 f(xbar) clearly below f(0) on small epsilon-like and RCV1-like sets (3 epochs, W = 2), at b = 1
 and b = 16; the k = d operators (quantisers, sign, plain SGD) get within 10% of f(0) - f*.
-Steps left unset resolve per operator (mpimem.schedule.DEFAULT_STEPS) and per mode."""
+Steps left unset resolve per operator (mpimem.core.schedule.DEFAULT_STEPS) and per mode."""
 import pytest
 
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.simulate import simulate
+from mpimem.run.simulate import simulate
 
 OPERATORS = [dict(compressor="top_k"), dict(compressor="rand_k"), dict(compressor="qsgd"),
              dict(compressor="ternary"), dict(compressor="sign"), dict(compressor="none")]

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli, run_mpi
 from datasets import make_dataset
-from mpimem.metrics import DIVERGE_FACTOR, EX_DIVERGED, divergence
+from mpimem.core.metrics import DIVERGE_FACTOR, EX_DIVERGED, divergence
 
 F0 = math.log(2.0)   # f(x_0) at x_0 = 0
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, run_mpi
-from mpimem.metrics import METRICS
+from mpimem.core.metrics import METRICS
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import launch_mpi, run_mpi
-from mpimem import checkpoint as CK
-from mpimem.runfile import read_run
+from mpimem.run import checkpoint as CK
+from mpimem.run.runfile import read_run
 
 OPTS = ["--compressor", "top_k", "--k", "10", "--epochs", "4", "--seed", "5", "--quiet"]
 
@@ -134,7 +134,7 @@ def test_nan_loss_stops_with_the_round(rcv, tmp_path):
     out = tmp_path / "run.h5"
     proc = run_mpi(3, ["train", rcv, "--out", out, "--schedule", "constant", "--gamma", "1e308",
                        "--epochs", "1", "--checkpoint-every", "50", "--quiet"], timeout=120)
-    assert proc.returncode == 3, proc.stderr   # mpimem.metrics.EX_DIVERGED
+    assert proc.returncode == 3, proc.stderr   # mpimem.core.metrics.EX_DIVERGED
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpimem: error")]
     assert len(err) == 1 and "NaN/Inf" in err[0] and "round" in err[0]
     assert read_run(out)["attrs"]["status"] == "diverged"

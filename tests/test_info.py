@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import launch_mpi, run_cli, run_mpi
-from mpimem.info_cli import duration
+from mpimem.cli.info import duration
 
 STEPS = ["--schedule", "decay", "--gamma", "2", "--shift", "d/k"]
 

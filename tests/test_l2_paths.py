@@ -8,13 +8,14 @@ must equal the weighted average sum_r w_r x_r / sum_r w_r computed directly from
 import numpy as np
 import pytest
 
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import block_range, read_shard
 from mpimem.data.optimum import solve_optimum
 from mpimem.data.synth import synthesize
-from mpimem.engine import RoundRule
-from mpimem.schedule import StepSchedule
-from mpimem.simulate import simulate
+from mpimem.run.algorithm import Algorithm
+from mpimem.core.schedule import StepSchedule
+from mpimem.run.simulate import simulate
 
 D = 20
 N_MAX = 700
@@ -52,7 +53,7 @@ def run(rows, n, workers, monkeypatch, **opts):
     parts = [(X[a:b], y[a:b]) for a, b in (block_range(n, workers, w) for w in range(workers))]
     cfg = resolve(merge(dict(data="-", epochs=1.0, seed=3, **opts)), n, D, workers)
     seen = []
-    apply = RoundRule.apply
+    apply = Algorithm.apply
 
     def recording_apply(rule, replica, payload, r, averager=None):
         if averager is not None:  # the server's call: x_r enters xbar with weight w_r
@@ -60,7 +61,7 @@ def run(rows, n, workers, monkeypatch, **opts):
         apply(rule, replica, payload, r, averager)
 
     with monkeypatch.context() as patch:
-        patch.setattr(RoundRule, "apply", recording_apply)
+        patch.setattr(Algorithm, "apply", recording_apply)
         sim = simulate(cfg, parts, D, fstar=fstar)
     w = np.array([s[0] for s in seen])
     xs = np.array([s[1] for s in seen])

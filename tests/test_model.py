@@ -1,11 +1,11 @@
-"""The lazy iterate x = s z and the lazy average xbar (mpimem.model) against a direct dense
+"""The lazy iterate x = s z and the lazy average xbar (mpimem.core.model) against a direct dense
 computation, x_{r+1} = f_r x_r - U_r and xbar = sum_r w_r x_r / sum_r w_r, under factor
 sequences chosen to break a lazy scale: exactly 0, about 1e-16 (what 1 - 2/(1+1) rounds to),
 negative, 1e-300, huge, alternating, and a slow decay over 1e5 rounds."""
 import numpy as np
 import pytest
 
-from mpimem.model import Averager, Replica, apply_update
+from mpimem.core.model import Averager, Replica, apply_update
 
 D = 7
 TOL = 1e-10
@@ -43,7 +43,7 @@ def updates(rounds, sparse, seed=0):
 
 
 def run_lazy(factors, ups, weights):
-    """(x, xbar) by mpimem.model; a second replica without averager (a worker's) must agree."""
+    """(x, xbar) by mpimem.core.model; a second replica without averager (a worker's) must agree."""
     replica, worker, averager = Replica(D), Replica(D), Averager(D)
     for f, (idx, vals), w in zip(factors, ups, weights):
         averager.add_weight(replica, w)

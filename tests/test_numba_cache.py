@@ -23,7 +23,7 @@ def cache_dir(root, env):
 
 def test_cache_directory_follows_the_compiled_sources_and_the_cpu(tmp_path):
     """numba does not notice that a cached caller's callee in another file changed: the
-    directory is named after a digest of the compiled modules (an edit of mpimem.kernels moves
+    directory is named after a digest of the compiled modules (an edit of mpimem.core.kernels moves
     it, one of checkpoint.py does not), and after the CPU (numba compiles for the host)."""
     root = tmp_path / "src"
     shutil.copytree(PACKAGE, root / "mpimem", ignore=shutil.ignore_patterns("__pycache__"))
@@ -35,10 +35,10 @@ def test_cache_directory_follows_the_compiled_sources_and_the_cpu(tmp_path):
     other_cpu = cache_dir(root, dict(env, NUMBA_CPU_NAME="skylake-avx512"))
     assert Path(other_cpu).parent != Path(first).parent
     assert Path(other_cpu).name == Path(first).name
-    with open(root / "mpimem" / "checkpoint.py", "a") as fh:   # no compiled code in it
+    with open(root / "mpimem" / "run" / "checkpoint.py", "a") as fh:   # no compiled code in it
         fh.write("\n# an edit\n")
     assert cache_dir(root, env) == first
-    with open(root / "mpimem" / "kernels.py", "a") as fh:      # a callee of mpimem.step
+    with open(root / "mpimem" / "core" / "kernels.py", "a") as fh:  # a callee of mpimem.core.step
         fh.write("\n# an edit\n")
     assert cache_dir(root, env) != first
 

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from mpimem.data.dataset import read_shard
 from mpimem.data.optimum import solve_optimum
 from mpimem.data.synth import synthesize
-from mpimem.objective import hessian_vector, loss_terms, objective, objective_and_grad
+from mpimem.core.objective import hessian_vector, loss_terms, objective, objective_and_grad
 
 
 def problem(sparse, n=300, d=40, seed=0):

@@ -1,6 +1,6 @@
 """`mpimem plot` and `mpimem compare` on run files of tiny real runs (3 ranks each) that differ in
 compressor and memory. The table's numbers are checked against the HDF5 files read here with
-h5py; the figure's curves and labels through the matplotlib objects mpimem.plot_cli builds."""
+h5py; the figure's curves and labels through the matplotlib objects mpimem.cli.plot builds."""
 import json
 import math
 import shutil
@@ -100,7 +100,7 @@ def test_plot_writes_a_png_per_axis(runs, tmp_path):
 
 
 def test_plot_curves_and_labels(runs):
-    from mpimem import plot_cli
+    from mpimem.cli import plot as plot_cli
 
     loaded = plot_cli.load_all(map(str, runs))
     fig = plot_cli.figure(loaded, "mb")
@@ -116,7 +116,7 @@ def test_plot_curves_and_labels(runs):
 
 
 def test_run_without_fstar_plots_fxbar_and_says_so(runs, tmp_path):
-    from mpimem import plot_cli
+    from mpimem.cli import plot as plot_cli
 
     nof = tmp_path / "nofstar.h5"
     shutil.copy(runs[0], nof)

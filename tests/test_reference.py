@@ -12,11 +12,12 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import run_mpi
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
 from mpimem.reference import Reference, Settings, Xoshiro, top_k_indices
-from mpimem.runfile import read_run
-from mpimem.simulate import simulate
+from mpimem.run.runfile import read_run
+from mpimem.run.simulate import simulate
 
 RTOL = 1e-10
 ROUNDS = 300

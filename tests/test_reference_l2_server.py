@@ -15,10 +15,11 @@ few real mpiexec runs.
 import numpy as np
 import pytest
 
-from mpimem.config import merge, resolve
-from mpimem.engine import RoundRule, ShardData, compressor_for
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
+from mpimem.run.algorithm import Algorithm, ShardData, compressor_for
 from mpimem.reference import Reference, Settings
-from mpimem.simulate import simulate
+from mpimem.run.simulate import simulate
 from test_reference import (DENSE, ROUNDS, SPARSE, assert_close, assert_same_trajectory, both,
                             make_data, mpi_against_reference, shards_of)
 
@@ -134,7 +135,7 @@ def test_top_k_sends_a_large_untouched_memory_entry(k_warmup):
     X.eliminate_zeros()
     cfg = resolve(merge(dict(data="-", compressor="top_k", k=2, l2="server",
                              k_warmup=k_warmup, seed=1)), 40, 30, 1)
-    rule = RoundRule(cfg, 30, 1, compressor_for(cfg, 30), 40)
+    rule = Algorithm(cfg, 30, 1, compressor_for(cfg, 30), 40)
     shard = ShardData(X, y)
     ws, replica = rule.new_worker(1, shard), rule.new_replica()
     r = 50                                   # epoch 1: the warm-up is over, k = 2 < d

@@ -1,4 +1,4 @@
-"""The run lock (mpimem.runlock): a run being written holds RUN.h5.lock (host, pid), so a second
+"""The run lock (mpimem.run.lock): a run being written holds RUN.h5.lock (host, pid), so a second
 `--resume` of the same run at once is refused in one line; a dead job's lock is taken over with
 a note and the run resumes; a complete run is not resumed ("run is complete; nothing to
 resume", exit 2, the file unchanged); `mpimem info` says when a running file's job may be gone.

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from conftest import launch_mpi, run_mpi
-from mpimem import checkpoint as CK
+from mpimem.run import checkpoint as CK
 from mpimem.errors import MpimemError
-from mpimem.runfile import RunWriter, read_run
+from mpimem.run.runfile import RunWriter, read_run
 
 STEPS = ["--schedule", "decay", "--gamma", "2", "--shift", "d/k"]
 

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import run_cli, run_mpi
-from mpimem.config import NORM_RANGE, row_norm_sum, scale_note
+from mpimem.run.config import NORM_RANGE, row_norm_sum, scale_note
 from mpimem.data.dataset import read_shard
 
 NOTE = "mpimem train: note: rows have mean norm"

@@ -87,7 +87,7 @@ def _no_traceback(proc):
 
 
 def test_complete_install_cache_is_read_in_place(shared):
-    """The install's own cache (<venv>/var/cache/mpimem, compiled by root: mpimem.warm's
+    """The install's own cache (<venv>/var/cache/mpimem, compiled by root: mpimem.cli.warm's
     marker) is read-only to nobody: single rank and mpiexec -n 2 run from it, write nothing and
     say nothing about compiling."""
     from mpimem import _numba_cache as cache
@@ -96,7 +96,7 @@ def test_complete_install_cache_is_read_in_place(shared):
     assert not cache.STATE["readonly"] and not cache.STATE["note"], cache.STATE
     folder = Path(cache.STATE["dir"])
     if not (folder / cache.MARKER).exists():   # the test process compiles ahead at import
-        warm = run([sys.executable, "-m", "mpimem.warm", "--quiet"], timeout=600)
+        warm = run([sys.executable, "-m", "mpimem.cli.warm", "--quiet"], timeout=600)
         assert warm.returncode == 0, warm.stderr
     before = sorted(str(p) for p in folder.rglob("*"))
     for ranks in (1, 2):

@@ -1,4 +1,4 @@
-"""Signals and closed pipes (mpimem.signals, docs/checkpoints.md "Signals"): real signals to
+"""Signals and closed pipes (mpimem.run.signals, docs/checkpoints.md "Signals"): real signals to
 real ranks of a real mpiexec run (their pids from MPIMEM_PIDFILE_DIR), real pipes. Every mode
 (sync, --mode async, --topology allgather, the tree topologies) checkpoints and exits 75 on a
 signal.
@@ -18,8 +18,8 @@ import numpy as np
 
 from conftest import MPIEXEC, launch_mpi, mpimem_cmd, run_mpi
 from test_faults import wait_until
-from mpimem import checkpoint as CK
-from mpimem.runfile import read_run
+from mpimem.run import checkpoint as CK
+from mpimem.run.runfile import read_run
 
 OPTS = ["--compressor", "top_k", "--k", "10", "--seed", "5"]
 ROUNDS_1_EPOCH = 600        # rcv: n = 1200, W = 2, b = 1

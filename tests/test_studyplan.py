@@ -1,4 +1,4 @@
-"""mpimem.studyplan, the planner of jobs/*.sbatch, in-process: expansion, environment overrides,
+"""mpimem.cli.studyplan, the planner of jobs/*.sbatch, in-process: expansion, environment overrides,
 data naming, the `mpimem train` arguments of each run, and refusals (never a silent fallback).
 The last tests run it as the job scripts do (`python -m`, `bash jobs/common.sh`)."""
 import itertools
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, run
 from mpimem.errors import MpimemError
-from mpimem.studyplan import load_study, plan
+from mpimem.cli.studyplan import load_study, plan
 
 STUDIES = ROOT / "jobs" / "studies"
 
@@ -250,11 +250,11 @@ def test_a_mode_or_option_mpimem_lacks_is_an_error_not_a_fallback(tmp_path):
 
 
 def test_run_output_is_what_bash_evaluates(tmp_path):
-    """`python -m mpimem.studyplan run` prints assignments; bash's eval gets the same words."""
+    """`python -m mpimem.cli.studyplan run` prints assignments; bash's eval gets the same words."""
     e = {"DATA_DIR": str(tmp_path), "N": "300", "D": "20", "STUDY": "qsgd",
          "EXTRA_ARGS": "--eval-every '0.5'"}
     toml = str(STUDIES / "qsgd.toml")
-    script = (f'eval "$({sys.executable} -m mpimem.studyplan run {toml} 2)" && '
+    script = (f'eval "$({sys.executable} -m mpimem.cli.studyplan run {toml} 2)" && '
               'printf "%s\\n" "$RUN_LABEL" "$RUN_DATA" "$RUN_N" "${RUN_ARGS[@]}"')
     proc = run(["bash", "-c", script], timeout=60, env=e, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -270,13 +270,13 @@ def test_refused_study_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("mpimem: error: study ") and "--mode" in proc.stderr
-    ok = run([sys.executable, "-m", "mpimem.studyplan", "count", str(STUDIES / "theory.toml")],
+    ok = run([sys.executable, "-m", "mpimem.cli.studyplan", "count", str(STUDIES / "theory.toml")],
              timeout=60, cwd=ROOT, env={"DATA_DIR": str(tmp_path)})
     assert ok.returncode == 0 and ok.stdout == "14\n", ok.stderr
 
 
 # -- topologies (issue 12): TOPOLOGY and GROUP_SIZE pass through; W+1 ranks with the server -------
-from mpimem.config import TOPOLOGIES  # noqa: E402
+from mpimem.run.config import TOPOLOGIES  # noqa: E402
 
 NEW_TOPOLOGIES = pytest.mark.skipif(
     "hierarchical" not in TOPOLOGIES,
@@ -353,7 +353,7 @@ def test_topology_reaches_the_job_script_and_meta(tmp_path):
     TOPOLOGY without MODE=sync in one line, exit 2, before any run."""
     e = {"DATA_DIR": str(tmp_path), "N": "300", "D": "20", "STUDY": "scaling"}
     toml = str(STUDIES / "scaling.toml")
-    script = (f'eval "$({sys.executable} -m mpimem.studyplan run {toml} 1)" && '
+    script = (f'eval "$({sys.executable} -m mpimem.cli.studyplan run {toml} 1)" && '
               'printf "%s\\n" "$RUN_TOPOLOGY" "$RUN_RANKS" "$RUN_WORKERS" "$RUN_META"')
     for extra, want in (({}, ["server", "3", "2"]),
                         ({"TOPOLOGY": "allgather", "MODE": "sync"}, ["allgather", "2", "2"])):

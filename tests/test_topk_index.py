@@ -1,12 +1,13 @@
-"""The incremental top-k of the worker memory (mpimem.topk_index) against the full scan
+"""The incremental top-k of the worker memory (mpimem.core.topk_index) against the full scan
 (kernels.top_k_scan) and a numpy oracle: after every round the selection is the same, byte for
 byte, under sparse gradient rounds, ties, zeros, resets, floor raises and rebuilds."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mpimem import kernels as K
-from mpimem import topk_index as T
+from mpimem.core import kernels as K
+from mpimem.core.wire import emit_sparse
+from mpimem.core import topk_index as T
 
 
 def oracle(m, k):
@@ -41,7 +42,7 @@ class Worker:
         nref = K.top_k_scan(self.m, self.touched, -1, self.k, self.ref, self.hkey, self.hidx)
         assert n == nref
         assert self.sel[:n].tobytes() == self.ref[:n].tobytes()
-        K.emit_sparse(self.m, self.sel, n, self.vals)
+        emit_sparse(self.m, self.sel, n, self.vals)
         self.x[self.sel[:n]] -= self.vals[:n]
         self.mark[self.touched[:nt]] = 0
         return self.sel[:n].copy()
@@ -122,7 +123,7 @@ def test_previous_selection_and_decreases_are_never_stale():
         assert out[:n].tolist() == oracle(m, k).tolist()
         assert not seen & set(out[:n].tolist())
         seen |= set(out[:n].tolist())
-        K.emit_sparse(m, out, n, vals)
+        emit_sparse(m, out, n, vals)
     top = oracle(m, 1)
     m[top] = 0.0                                 # the current best falls, reported
     n = T.select(m, top.astype(np.int64), 1, *st, k, out)
@@ -143,7 +144,7 @@ def test_drain_below_the_floor_rebuilds():
         n = T.select(m, none, 0, *st, k, out)
         assert out[:n].tolist() == oracle(m, k).tolist()
         floors.append(int(st[-1][3]))
-        K.emit_sparse(m, out, n, vals)
+        emit_sparse(m, out, n, vals)
     assert min(floors[1:]) < floors[0]           # rebuilt with a lower floor
 
 

@@ -101,7 +101,7 @@ def test_unwritable_output_directory(small, tmp_path):
 
 def test_toml_config_with_command_line_override(small, tmp_path):
     """Settings come from a TOML file; the command line overrides; the run file stores both merged."""
-    from mpimem.runfile import read_run
+    from mpimem.run.runfile import read_run
 
     toml = tmp_path / "study.toml"
     toml.write_text('[train]\ncompressor = "rand_k"\nk = 3\nepochs = 0.5\nseed = 5\n')

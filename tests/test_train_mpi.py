@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from conftest import run_mpi, run_cli
-from mpimem.config import merge, resolve
+from mpimem.run.config import resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.runfile import read_run
-from mpimem.simulate import simulate
+from mpimem.run.runfile import read_run
+from mpimem.run.simulate import simulate
 
 
 def cli_args(opts):
@@ -50,7 +51,7 @@ CASES = [
     ("eps", 3, dict(compressor="qsgd", bits=4, memory=True)),
     ("eps", 4, dict(compressor="rand_k", k=2)),
     ("eps", 2, dict(compressor="top_k", k=2, l2="worker", averaging="uniform")),
-    ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),  # the incremental top-k index (mpimem.topk_index)
+    ("rcv", 2, dict(compressor="top_k", k=10, l2="server")),  # the incremental top-k index (mpimem.core.topk_index)
     ("rcv", 3, dict(compressor="rand_k", k=10, memory=False)),
     ("rcv", 1, dict(compressor="none", schedule="bottou", gamma=1.0)),
     ("rcv", 2, dict(compressor="sign", schedule="constant", gamma=0.05, averaging="none")),
@@ -90,7 +91,7 @@ def test_mpi_run_equals_simulator_bit_for_bit(which, workers, opts, eps, rcv, tm
 @pytest.mark.parametrize("workers", [1, 3])
 def test_segments_cut_by_time_leave_the_trajectory_unchanged(workers, rcv, tmp_path):
     """MPIMEM_SEGMENT_SECONDS=0: rank 0 ends every compiled segment after one round (the
-    header's stop mark, mpimem.segments), so every round goes through the Python boundary.
+    header's stop mark, mpimem.comm.segments), so every round goes through the Python boundary.
     The run must still equal the simulator bit for bit, bytes included (a worker that misread
     the marked header, or a boundary that skipped or repeated a round, would not)."""
     opts = dict(compressor="top_k", k=4, batch_size=2, epochs=0.5, seed=3, eval_every=0.25)

@@ -1,4 +1,4 @@
-"""The tree topologies (mpimem.tree): `--topology sparse-allreduce` and `--topology hierarchical`.
+"""The tree topologies (mpimem.comm.tree): `--topology sparse-allreduce` and `--topology hierarchical`.
 
 Real `mpiexec -n W` runs (W = 2..5, oversubscribed: correctness only) against the in-process
 simulator bit for bit (x, xbar, every memory, byte counts; every replica equal to rank 0's);
@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import run_mpi
-from mpimem.config import TrainConfig, merge, resolve
+from mpimem.run.config import TrainConfig, resolve
+from mpimem.cli.options import merge
 from mpimem.data.dataset import read_meta, read_shard
-from mpimem.engine import RoundRule, ShardData, compressor_for
+from mpimem.run.algorithm import Algorithm, ShardData, compressor_for
 from mpimem.errors import MpimemError
-from mpimem.runfile import read_run
-from mpimem.tree import TreePlan, tree_sum
+from mpimem.run.runfile import read_run
+from mpimem.comm.tree import TreePlan, tree_sum
 from test_train_mpi import assert_equals_simulator, cli_args, oracle
 
 
@@ -57,7 +58,7 @@ def messages_of(data, workers, opts, rounds):
     """Round `rounds`' W messages of a simulated run (the state after rounds - 1 rounds)."""
     meta = read_meta(data)
     cfg = resolve(merge(dict(data=data, **opts)), meta.n, meta.d, workers)
-    rule = RoundRule(cfg, meta.d, workers, compressor_for(cfg, meta.d), meta.n)
+    rule = Algorithm(cfg, meta.d, workers, compressor_for(cfg, meta.d), meta.n)
     shards = [ShardData(s.X, s.y) for s in (read_shard(data, w, workers) for w in range(workers))]
     states = [rule.new_worker(w + 1, s) for w, s in enumerate(shards)]
     replica = rule.new_replica()
@@ -78,7 +79,7 @@ def test_tree_sum_is_the_servers_sum(workers, compressor, k, rcv):
     rule, msgs = messages_of(rcv, workers, opts, 3)
     server = rule.make_aggregator()
     for w, msg in enumerate(msgs, start=1):
-        from mpimem import step
+        from mpimem.core import step
         step.agg_add(rule.P, server.arrays, rule.cs, msg, msg.size, w, 2)
     plan = TreePlan.for_run("sparse-allreduce", workers)
     aggs = [rule.make_aggregator() for _ in plan.groups]

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import MpimemError
-from .h5write import (CSRWriter, DenseWriter, atomic_h5, check_data_output, scratch_h5,
-                      write_header)
-from .libsvm import LineError, parse_block
-from .progress import Ticker, hms
-from .textstream import LineBlocks
+from mpimem.errors import MpimemError
+from mpimem.data.h5write import (CSRWriter, DenseWriter, atomic_h5, check_data_output, scratch_h5,
+                                 write_header)
+from mpimem.data.libsvm import LineError, parse_block
+from mpimem.data.progress import Ticker, hms
+from mpimem.data.textstream import LineBlocks
 
 DENSE_ABOVE = 0.25           # --storage auto: dense when nnz / (n d) exceeds this
 LABEL_MAPS = {(-1.0, 1.0): {-1: -1, 1: 1},

@@ -15,9 +15,9 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import MpimemError, note, plain
-from .checksum import optimum_stamp, row_checksums_csr, row_checksums_dense
-from .h5write import FORMAT, FORMAT_VERSION
+from mpimem.errors import MpimemError, note, plain
+from mpimem.data.checksum import optimum_stamp, row_checksums_csr, row_checksums_dense
+from mpimem.data.h5write import FORMAT, FORMAT_VERSION
 
 _SCAN_ROWS = 1 << 20        # labels counted this many at a time by read_meta(labels=True)
 _LAM_RTOL = 1e-9

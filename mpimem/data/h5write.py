@@ -26,10 +26,10 @@ import socket
 import h5py
 import numpy as np
 
-from .. import __version__
-from ..errors import MpimemError
-from ..outputs import check_output, publish
-from .checksum import Digest, row_checksums_csr, row_checksums_dense
+from mpimem import __version__
+from mpimem.errors import MpimemError
+from mpimem.outputs import check_output, publish
+from mpimem.data.checksum import Digest, row_checksums_csr, row_checksums_dense
 
 FORMAT = "mpimem-dataset"
 FORMAT_VERSION = 2

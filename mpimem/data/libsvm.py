@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .libsvm_kernels import parse_compiled
-from .textstream import BOM
+from mpimem.data.libsvm_kernels import parse_compiled
+from mpimem.data.textstream import BOM
 
 LABELS = (-1.0, 0.0, 1.0, 2.0)
 MAX_INDEX = 2**31 - 1

@@ -14,7 +14,7 @@ IEEE multiplication or division of two exactly representable numbers. Any other 
 import numpy as np
 from numba import njit
 
-from ..kernels import CACHE
+from mpimem.core.kernels import CACHE
 
 _POW10 = np.array([10.0 ** k for k in range(23)])      # exact: 10**k < 2**53 * 2**k
 _MANT_MAX = 2 ** 53

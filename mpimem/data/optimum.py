@@ -22,13 +22,13 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse.linalg
 
-from ..errors import MpimemError, note
-from ..objective import hessian_vector, objective_and_grad
-from ..outputs import kind_of
-from .checksum import optimum_stamp
-from .dataset import single_class_note
-from .h5write import FORMAT, write_failure
-from .progress import Ticker
+from mpimem.errors import MpimemError, note
+from mpimem.core.objective import hessian_vector, objective_and_grad
+from mpimem.outputs import kind_of
+from mpimem.data.checksum import optimum_stamp
+from mpimem.data.dataset import single_class_note
+from mpimem.data.h5write import FORMAT, write_failure
+from mpimem.data.progress import Ticker
 
 GTOL = 1e-10
 LBFGS_MAXITER = 100_000

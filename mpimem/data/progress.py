@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from ..errors import MpimemError
+from mpimem.errors import MpimemError
 
 DEFAULT_EVERY = 10.0
 ENV = "MPIMEM_PROGRESS_EVERY"

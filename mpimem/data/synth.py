@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .h5write import CSRWriter, DenseWriter, atomic_h5, check_data_output, write_header
+from mpimem.data.h5write import CSRWriter, DenseWriter, atomic_h5, check_data_output, write_header
 
 CHUNK_ROWS = 4096
 SYNTH_VERSION = 2

@@ -14,7 +14,7 @@ import lzma
 import zlib
 from dataclasses import dataclass, field
 
-from ..errors import MpimemError
+from mpimem.errors import MpimemError
 
 _MAGIC = ((b"\x1f\x8b", "gzip", gzip.open),
           (b"BZh", "bzip2", bz2.open),
