@@ -35,6 +35,7 @@ import errno
 import hashlib
 import os
 import platform
+import re
 import sys
 import time
 
@@ -46,6 +47,7 @@ ENV_NO_WARM = "MPIMEM_NO_WARM"          # 1: never compile ahead (each function 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATE = {}                     # dir, readonly, note: set by setup()
+COMPILED = re.compile(rb"^[ \t]*(?:from numba[ .]|import numba\b)", re.M)
 
 
 def source_digest() -> str:
@@ -57,8 +59,9 @@ def source_digest() -> str:
             if name.endswith(".py"):
                 with open(os.path.join(folder, name), "rb") as fh:
                     text = fh.read()
-                if b"njit" in text or b"numba" in text:   # the modules with compiled code
-                    digest.update(name.encode() + b"\0" + text)
+                if COMPILED.search(text):   # the modules with compiled code: they import numba
+                    rel = os.path.relpath(os.path.join(folder, name), HERE)
+                    digest.update(rel.encode() + b"\0" + text)
     digest.update(f"\0numba {_numba_version()}\0{sys.implementation.cache_tag}".encode())
     return digest.hexdigest()[:16]
 

@@ -110,44 +110,22 @@ def compile_data(path, opts, workers):
 
 
 def stub(cfg, rule, meta, rank, peer, workers, ranks):
-    """The attributes of mpimem.run.driver.Run that its segment() reads, built as Run.__init__
-    builds them (without a communicator: the clock-only table; no MPI call is made)."""
-    from mpimem.run.algorithm import TREE_TOPOLOGIES, make_averager
-    from mpimem.errors import slow_worker_delay
+    """The attributes of mpimem.run.driver.Run that its segment() reads, built by the same
+    functions as Run.__init__ (without a communicator: the clock-only table; no MPI call)."""
     from mpimem.comm.mpicall import table
+    from mpimem.comm.tree import TreePlan
+    from mpimem.errors import slow_worker_delay
+    from mpimem.run.algorithm import TREE_TOPOLOGIES, compressor_for
+    from mpimem.run.driver import attach_buffers, tree_buffers
 
-    run = SimpleNamespace(cfg=cfg, rule=rule, rank=rank, peer=peer, workers=workers,
-                          worker_id=rank + 1 if peer else rank, d=meta.d, n=meta.n)
-    dense = meta.storage == "dense"
-    run.replica = rule.new_replica()
-    run.timing = np.zeros(5)
-    run.down = np.zeros(8 + 4 * meta.d, np.uint8)
-    run.fixed = rule.fixed_downlink_bytes(dense)
-    run.hdr = np.zeros(1, np.int64)
-    run.mpi = table(mpi=False)
-    run.segment_seconds = 0.5
-    run.averager = make_averager(cfg, meta.d) if rank == 0 else None
-    run.delay = slow_worker_delay(rank)
-    if rank == 0 or peer:
-        run.agg = rule.make_aggregator()
-    slot = -(-max(8, rule.comp.max_message_bytes()) // 8) * 8 if hasattr(rule, "comp") else None
-    if slot is None:
-        from mpimem.run.algorithm import compressor_for
-        slot = -(-max(8, compressor_for(cfg, meta.d).max_message_bytes()) // 8) * 8
-    if rank == 0 and not peer:
-        run.inbox = np.zeros((workers, slot), np.uint8)
-        run.sizes = np.zeros(workers, np.int64)
-    if cfg.topology == "allgather":
-        run.fixed_up = rule.fixed_message_bytes(dense)
-        run.exchange = (np.zeros(8 + slot, np.uint8), np.zeros(workers, np.int64),
-                        np.zeros(workers * (8 + slot), np.uint8), np.zeros(workers, np.int32),
-                        np.zeros(workers, np.int32))
+    run = SimpleNamespace(cfg=cfg, rule=rule, comp=compressor_for(cfg, meta.d), rank=rank,
+                          peer=peer, workers=workers, worker_id=rank + 1 if peer else rank,
+                          d=meta.d, n=meta.n, mpi=table(mpi=False), segment_seconds=0.5,
+                          delay=slow_worker_delay(rank))
+    slot = attach_buffers(run, meta.storage == "dense")
     if cfg.topology in TREE_TOPOLOGIES:
-        from mpimem.comm.tree import TreePlan
         plan = TreePlan.for_run(cfg.topology, ranks, cfg.group_size, [0] * ranks)
-        run.tree = (table(mpi=False), plan.row(rank), plan.members(rank),
-                    np.zeros(slot, np.uint8), np.zeros(8 + 8 * meta.d, np.uint8),
-                    np.zeros(8 + 8 * meta.d, np.uint8))
+        run.tree = tree_buffers(table(mpi=False), plan, rank, slot, meta.d)
     return run
 
 

@@ -78,6 +78,47 @@ def git_commit() -> str:
         return ""
 
 
+def message_slot(comp) -> int:
+    """Bytes of one message slot: the operator's largest message, at least 8, 8-aligned (the
+    server's inbox rows, allgather's slots, the tree's inbox)."""
+    return -(-max(8, comp.max_message_bytes()) // 8) * 8
+
+
+def attach_buffers(run, dense: bool) -> int:
+    """The state and buffers the segments of `run` take (Run.__init__; mpimem.cli.warm builds
+    the same on a stand-in to compile them): replica, timing, the downlink message and its
+    header, rank 0's averager, the aggregator (server or peers), the server's inbox, and
+    allgather's exchange (own [size, message] slot, sizes, received, counts, displs). Reads
+    run.cfg, rule, comp, rank, peer, workers, d; returns the message slot."""
+    rule, W = run.rule, run.workers
+    run.replica = rule.new_replica()
+    run.timing = np.zeros(len(TIMING_COLUMNS))
+    run.down = np.zeros(8 + 4 * run.d, np.uint8)   # a worker's downlink message
+    run.fixed = rule.fixed_downlink_bytes(dense)
+    run.hdr = np.zeros(1, np.int64)
+    run.averager = make_averager(run.cfg, run.d) if run.rank == 0 else None
+    if run.rank == 0 or run.peer:
+        run.agg = rule.make_aggregator()
+    slot = message_slot(run.comp)
+    if run.rank == 0 and not run.peer:
+        run.inbox = np.zeros((W, slot), np.uint8)
+        run.sizes = np.zeros(W, np.int64)
+    if run.cfg.topology == "allgather":
+        run.fixed_up = rule.fixed_message_bytes(dense)
+        run.exchange = (np.zeros(8 + slot, np.uint8), np.zeros(W, np.int64),
+                        np.zeros(W * (8 + slot), np.uint8), np.zeros(W, np.int32),
+                        np.zeros(W, np.int32))
+    return slot
+
+
+def tree_buffers(group_table, plan, rank: int, slot: int, d: int) -> tuple:
+    """The tree segment's tuple (mpimem.comm.tree.tree_segment): the group communicator's
+    table, this rank's plan row and group members, its inbox, the send and receive buffers of
+    the float64 partial sums."""
+    return (group_table, plan.row(rank), plan.members(rank), np.zeros(slot, np.uint8),
+            np.zeros(8 + 8 * d, np.uint8), np.zeros(8 + 8 * d, np.uint8))
+
+
 class Run:
     """One rank's part of a training run: the resolved rules, its state, and the loop."""
 
@@ -104,33 +145,14 @@ class Run:
         self.rule.warm_up(self.meta.storage == "dense", np.dtype(self.meta.dtype))
         self.rounds = total_rounds(self.cfg, self.n, self.workers)
         self.evals = eval_rounds(self.cfg, self.n, self.workers, self.rounds)
-        self.replica = self.rule.new_replica()
-        self.timing = np.zeros(len(TIMING_COLUMNS))
-        self.down = np.zeros(8 + 4 * self.d, np.uint8)   # a worker's downlink message
-        self.fixed = self.rule.fixed_downlink_bytes(self.meta.storage == "dense")
-        self.hdr = np.zeros(1, np.int64)
         self.mpi = table()
         self.segment_seconds = segment_seconds()
         self.ck, self.start_round, self.elapsed0 = None, 0, 0.0  # set by train() (checkpoints)
         self.run_id = None          # rank 0: this run's id (mpimem.run.runfile), set by train()
-        self.averager = None
         self.gap_warned = False   # rank 0: negative f(xbar) - f* said once
-        if self.rank == 0:
-            self.averager = make_averager(self.cfg, self.d)
-        if self.rank == 0 or self.peer:
-            self.agg = self.rule.make_aggregator()
-        slot = -(-max(8, self.comp.max_message_bytes()) // 8) * 8   # 8-aligned message slots
-        if self.rank == 0 and not self.peer:
-            self.inbox = np.zeros((self.workers, slot), np.uint8)
-            self.sizes = np.zeros(self.workers, np.int64)
+        slot = attach_buffers(self, self.meta.storage == "dense")
         if self.peer:
             self.delay = slow_worker_delay(self.rank)
-        if self.cfg.topology == "allgather":  # own [size, message] slot, sizes, received,
-            W = self.workers                  # counts, displs
-            self.fixed_up = self.rule.fixed_message_bytes(self.meta.storage == "dense")
-            self.exchange = (np.zeros(8 + slot, np.uint8), np.zeros(W, np.int64),
-                             np.zeros(W * (8 + slot), np.uint8), np.zeros(W, np.int32),
-                             np.zeros(W, np.int32))
         if self.cfg.topology in TREE_TOPOLOGIES:
             self.tree_setup(slot)
         if self.worker_id:
@@ -155,9 +177,7 @@ class Run:
             node.Free()
         plan = TreePlan.for_run(cfg.topology, comm.Get_size(), cfg.group_size, nodes)
         self.group_comm = comm.Split(plan.group_of[self.rank], key=self.rank)
-        self.tree = (table(comm=self.group_comm), plan.row(self.rank), plan.members(self.rank),
-                     np.zeros(slot, np.uint8), np.zeros(8 + 8 * self.d, np.uint8),
-                     np.zeros(8 + 8 * self.d, np.uint8))
+        self.tree = tree_buffers(table(comm=self.group_comm), plan, self.rank, slot, self.d)
         self.groups = plan.groups
 
     # ------------------------------------------------------------------ rounds
