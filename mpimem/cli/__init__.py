@@ -1,7 +1,8 @@
 """Command-line entry point: `mpimem data ...`, `mpimem train ...`, `mpimem info RUN.h5`.
 
-Each sub-command lives in its own module and registers its parser here. A `MpimemError`
-becomes one line on stderr and exit status 2; nothing else is printed.
+mpimem.cli, the top layer (docs/design.md "Layers"): it may import every layer. Each
+sub-command lives in its own module of this package and registers its parser here. A
+`MpimemError` becomes one line on stderr and exit status 2; nothing else is printed.
 
 Before anything heavy is imported, `main` makes sure nothing is lost to a signal or a closed
 pipe (mpimem.run.signals, docs/checkpoints.md "Signals"):

@@ -21,20 +21,26 @@ from types import SimpleNamespace
 import numpy as np
 
 
-CONFIGS = [   # (options, workers): every loop and method; the compressor only fills P
-    (dict(), 2),
-    (dict(compressor="qsgd", l2="server"), 2),
-    (dict(compressor="rand_k", k=3, memory=False), 2),
-    (dict(compressor="sign", downlink_k=5), 2),
-    (dict(compressor="none"), 1),
-    (dict(method="ef21", downlink_k=5), 2),
-    (dict(k=2, k_warmup=1), 2),
-    (dict(topology="allgather"), 2),
-    (dict(topology="allgather", compressor="rand_k", k=3), 2),
-    (dict(topology="sparse-allreduce"), 3),
-    (dict(topology="hierarchical", group_size=2), 3),
-    (dict(mode="async"), 2),
-]
+def configs() -> list:
+    """(options, workers) that reach every compiled loop and method: the server's variants
+    (the compressor only fills P), every topology of mpimem.run.config.TOPOLOGIES with 3
+    workers (a tree has a leader and a non-power-of-two rank; a new topology is compiled here
+    without an edit), the fixed-size allgather path and the async pair."""
+    from mpimem.run.config import TOPOLOGIES
+
+    return [
+        (dict(), 2),
+        (dict(compressor="qsgd", l2="server"), 2),
+        (dict(compressor="rand_k", k=3, memory=False), 2),
+        (dict(compressor="sign", downlink_k=5), 2),
+        (dict(compressor="none"), 1),
+        (dict(method="ef21", downlink_k=5), 2),
+        (dict(k=2, k_warmup=1), 2),
+        *[(dict(topology=t), 3) for t in TOPOLOGIES if t != "server"],
+        (dict(topology="hierarchical", group_size=2), 3),
+        (dict(topology="allgather", compressor="rand_k", k=3), 2),
+        (dict(mode="async"), 2),
+    ]
 
 
 def datasets(folder):
@@ -150,7 +156,7 @@ def compile_all() -> float:
     with tempfile.TemporaryDirectory(prefix="mpimem-warm-") as folder:
         paths = datasets(folder)
         for path in paths:
-            for opts, workers in CONFIGS:
+            for opts, workers in configs():
                 compile_data(path, opts, workers)
     return time.perf_counter() - started
 
