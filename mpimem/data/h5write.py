@@ -29,6 +29,7 @@ import numpy as np
 from mpimem import __version__
 from mpimem.errors import MpimemError
 from mpimem.outputs import check_output, publish
+from mpimem.process import alive
 from mpimem.data.checksum import Digest, row_checksums_csr, row_checksums_dense
 
 FORMAT = "mpimem-dataset"
@@ -46,24 +47,13 @@ def write_failure(path, exc, what="write output") -> MpimemError:
     return MpimemError(f"{path}: cannot {what} ({reason})")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (signal 0 probes without sending)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:       # exists, owned by someone else
-        pass
-    return True
-
-
 def _remove_stale(folder, name, host):
     """Remove `.NAME.TAG.HOST.PID` files left by dead processes of this host."""
     pattern = re.compile(rf"\.{re.escape(name)}\.(?:tmp|staging)\.{re.escape(host)}\.(\d+)")
     with contextlib.suppress(OSError):
         for entry in os.listdir(folder):
             match = pattern.fullmatch(entry)
-            if match and not _alive(int(match.group(1))):
+            if match and not alive(int(match.group(1))):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(folder, entry))
 
