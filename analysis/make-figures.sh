@@ -10,7 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$PWD/.venv/numba-cache}
 RESULTS=${FIG_RESULTS:-build/figures/results}
 FIGDIR=${FIGURES_OUT:-build/figures}
 export RESULTS DATA_DIR=${FIG_DATA:-build/figures/data} JOB_ID=figures RUN_TIMEOUT=${RUN_TIMEOUT:-120}
