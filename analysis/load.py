@@ -12,7 +12,8 @@ the key existed ran Mem-SGD.
 The data set's title says its size and whether it is a synthetic look-alike
 (mpimem.run.runlabel.data_label: meta.json's `synthetic`, else the data file's `source`).
 
-A complete run whose f(xbar) diverged or never went below its starting value gets a `flag`
+A complete run whose f(xbar) diverged, rose to above 3 times its best f(xbar) - f* ("rising") or
+never went below its starting value gets a `flag`
 (`convergence_flag`): it is not `usable`, so no number (target, ratio, speed-up) rests on it.
 """
 import json
@@ -133,7 +134,8 @@ def read_one(path, root=None) -> Run:
     run.seed = int(m.get("seed", c.get("seed", 0)) or 0)
     run.method = run_method(c)
     if run.complete:
-        run.flag = convergence_flag(run.metrics.get("loss_xbar", []))
+        run.flag = convergence_flag(run.metrics.get("loss_xbar", []),
+                                    run.metrics.get("subopt_xbar"), run.status)
     return run
 
 

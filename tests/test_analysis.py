@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from analysis.figures import FIGURES, Table, curve_label, draw, line_style, scaling_label
-from analysis.load import Run, convergence_flag, load_runs, method_label
+from analysis.load import Run, convergence_flag, load_runs, method_label, read_one
 from conftest import ROOT, run, run_mpi
 from mpimem.run.runlabel import data_label, run_label
 
@@ -223,6 +223,35 @@ def test_diverged_run_is_named_and_left_out(results, tmp_path):
 ])
 def test_convergence_flag(loss, flag):
     assert convergence_flag(loss).split(":")[0] == flag
+
+
+@pytest.mark.parametrize("subopt, status, flag", [
+    ([0.3, 0.1, 0.05, 0.06], "complete", ""),
+    ([0.3, 0.05, 0.01, 0.06], "complete", "rising"),     # 6x its best at the end
+    ([0.3, 0.05, 0.01, 0.029], "complete", ""),          # below 3x its best
+    ([math.nan] * 4, "complete", ""),                    # no f*: no suboptimality to rise
+    ([0.3, 0.1, 0.05, 0.04], "diverged", "diverged"),    # the run stopped itself (exit 3)
+])
+def test_convergence_flag_rising_and_diverged_status(subopt, status, flag):
+    loss = [0.69, 0.5, 0.45, 0.47]
+    assert convergence_flag(loss, subopt, status).split(":")[0] == flag
+
+
+def test_rising_run_is_flagged_and_not_usable(eps, tmp_path):
+    """A complete run whose f(xbar) - f* ends 6x above its best is flagged "rising" by
+    analysis/load.py (the one rule, mpimem.run.runlabel.convergence_flag) and enters no number."""
+    path = tmp_path / "RUN.h5"
+    run_mpi(3, ["train", eps, "--out", path, "--quiet", "--epochs", "0.2"], check=True)
+    with h5py.File(path, "a") as h:   # a curve that makes progress, then one that rises
+        loss, gap = h["metrics/loss_xbar"], h["metrics/subopt_xbar"]
+        loss[...] = np.linspace(loss[0], 0.9 * loss[0], loss.size)
+        gap[...] = np.linspace(0.3, 0.1, gap.size)
+    assert read_one(path).usable
+    with h5py.File(path, "a") as h:
+        gap = h["metrics/subopt_xbar"]
+        gap[-1] = 6 * gap[-2]
+    run = read_one(path)
+    assert run.flag_kind == "rising" and not run.usable, run.flag
 
 
 def _drawn(results, name):

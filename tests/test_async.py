@@ -89,6 +89,19 @@ def test_slow_worker_neither_deadlocks_nor_loses_messages(eps, tmp_path):
     assert run["attrs"]["staleness_max"] >= 2
 
 
+def test_worker_time_split_sums_to_the_wall(eps, tmp_path):
+    """Every second of an async worker is counted once: its columns (gradient, compression,
+    communication, waiting, evaluation) sum to the run's wall within 5%, also with a slow worker
+    (its sleep inside the compiled segment) and evaluation points every 0.2 epochs."""
+    out = tmp_path / "a.h5"
+    run = train(3, eps, out, "--mode", "async", "--epochs", "2", "--eval-every", "0.2",
+                "--checkpoint-every", "off", env={"MPIMEM_SLOW_WORKER": "2:0.0005"})
+    wall = run["metrics"]["wall_time"][-1]
+    seconds = np.asarray(run["timing"]["seconds"], float)
+    for rank in (1, 2):
+        assert seconds[rank].sum() == pytest.approx(wall, rel=0.05), (rank, seconds, wall)
+
+
 def test_mean_step_regularises_with_lambda_not_w_lambda(eps, tmp_path):
     """--async-step mean, W = 2: server-side L2 (a factor per message) and worker-side L2 (the
     L2 term inside u_w, which the server divides by W) must shrink x alike. Measured final

@@ -56,16 +56,27 @@ def test_csv_round_trips_exactly(run_file, tmp_path, to_file):
     assert np.array_equal(table, np.column_stack([metrics[k] for k in METRICS]), equal_nan=True)
 
 
+def test_csv_integer_columns_are_integers(run_file):
+    text = run_cli(["export", run_file, "--csv"], check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for row in rows:
+        for name in ("round", "samples", "bytes_up", "bytes_down"):
+            assert row[name].isdigit(), (name, row[name])   # 120, not 120.0
+        assert "." in row["epoch"] or "e" in row["epoch"]
+    assert int(rows[-1]["round"]) == stored(run_file)[1]["rounds"]
+
+
 def test_json_matches_the_file(run_file):
     metrics, attrs, seconds = stored(run_file)
     summary = json.loads(run_cli(["info", "--json", run_file], check=True).stdout)
     assert set(summary) == {"path", "status", "attrs", "settings", "as_run", "points", "last",
-                            "progress", "timing"}
+                            "flag", "progress", "timing"}
     assert summary["status"] == attrs["status"] == "complete"
     assert summary["settings"] == json.loads(attrs["config"])
-    assert summary["attrs"]["hosts"] == json.loads(attrs["hosts"])
+    for key in ("hosts", "bytes_per_rank", "k_schedule", "groups"):   # JSON values, not strings
+        assert summary["attrs"][key] == json.loads(attrs[key]), key
     for key, value in attrs.items():
-        if key not in ("config", "hosts"):
+        if key not in ("config", "hosts", "bytes_per_rank", "k_schedule", "groups"):
             got = summary["attrs"][key]
             assert same(value, got) if isinstance(value, float) else got == value, key
     assert summary["points"] == len(metrics["round"])

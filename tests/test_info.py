@@ -170,3 +170,55 @@ def test_info_of_a_live_run(eps, tmp_path):
     assert proc.returncode == 0
     done = run_cli(["info", out], check=True).stdout
     assert "status complete" in done and "ETA" not in done
+
+
+def test_rising_and_diverged_runs_are_flagged(done, tmp_path):
+    """info flags what compare and plot flag (mpimem.run.runlabel.convergence_flag): a run
+    whose f(xbar) - f* ends above 3x its best, and a run file of status diverged."""
+    def progressing(h5):   # `done` is 0.2 epochs of decay steps: its f(xbar) ends above the start
+        loss, gap = h5["metrics/loss_xbar"], h5["metrics/subopt_xbar"]
+        loss[...] = np.linspace(loss[0], 0.9 * loss[0], loss.size)
+        gap[...] = np.linspace(0.3, 0.1, gap.size)
+    good = damaged_copy(done, tmp_path, progressing)
+    assert "flag:" not in run_cli(["info", good], check=True).stdout
+    assert json.loads(run_cli(["info", "--json", good], check=True).stdout)["flag"] is None
+    path = tmp_path / "rising.h5"
+    shutil.copy(good, path)
+    with h5py.File(path, "r+") as h5:
+        gap = h5["metrics/subopt_xbar"]
+        gap[-1] = 6 * gap[-2]         # the best point is the one before
+    text = run_cli(["info", path], check=True).stdout
+    assert re.search(r"^  flag: RISING: final f\(xbar\)-f\* \S+ is 6\.0x its best", text, re.M), text
+    assert json.loads(run_cli(["info", "--json", path], check=True).stdout)["flag"].startswith(
+        "rising: ")
+    stopped = tmp_path / "stopped.h5"
+    shutil.copy(good, stopped)
+    with h5py.File(stopped, "r+") as h5:
+        h5.attrs["status"] = "diverged"
+    assert "  flag: DIVERGED: " in run_cli(["info", stopped], check=True).stdout
+    assert json.loads(run_cli(["info", "--json", stopped], check=True).stdout)[
+        "flag"].startswith("diverged: ")
+
+
+def test_json_holds_no_json_inside_strings(done):
+    summary = json.loads(run_cli(["info", "--json", done], check=True).stdout)
+    with h5py.File(done, "r") as h5:
+        stored = dict(h5.attrs)
+    a = summary["attrs"]
+    assert a["bytes_per_rank"] == json.loads(stored["bytes_per_rank"])
+    assert isinstance(a["bytes_per_rank"], list) and len(a["bytes_per_rank"]) == 3
+    for key in ("groups", "k_schedule", "hosts"):
+        assert a[key] == json.loads(stored[key]) and isinstance(a[key], list), key
+    for key, value in a.items():   # no other attribute is a JSON list or object inside a string
+        assert not (isinstance(value, str) and value.lstrip()[:1] in "[{" and value), key
+
+
+def test_progress_line_names_its_seconds(capsys):
+    from types import SimpleNamespace
+
+    from mpimem.run.driver import Run
+    me = SimpleNamespace(cfg=SimpleNamespace(quiet=False), start_round=0, elapsed0=0.0, rounds=20)
+    row = dict(subopt_xbar=0.1, loss_xbar=0.5, round=10, epoch=0.5, acc_xbar=0.8, bytes_up=8e3,
+               wall_time=9.2)
+    Run.progress(me, row)
+    assert "  wall     9.2 s  rounds/s" in capsys.readouterr().out

@@ -73,7 +73,46 @@ def test_compare_names_the_differing_settings_and_numbers_of_the_files(runs):
         with h5py.File(path, "r") as h:
             cfg = json.loads(h.attrs["config"])
         memory = cfg["memory"] and cfg["compressor"] != "none"   # SGD keeps no memory
-        assert row[-10:-7] == [cfg["compressor"], str(cfg["k"]), str(memory)]
+        assert row[-10:-7] == [cfg["compressor"], str(cfg["k"]), "yes" if memory else "no"]
+    assert "train s (wall less evaluation)" in proc.stdout.splitlines()[0]
+    assert "None" not in proc.stdout and "True" not in proc.stdout and "False" not in proc.stdout
+
+
+def test_compare_prints_unset_settings_as_a_dash(runs, tmp_path):
+    other = tmp_path / "dl.h5"
+    shutil.copy(runs[0], other)
+    with h5py.File(other, "a") as h:
+        cfg = json.loads(h.attrs["config"])
+        assert cfg["downlink_k"] is None
+        cfg["downlink_k"] = 5
+        h.attrs["config"] = json.dumps(cfg)
+    header, rows = _table(run_cli(["compare", runs[0], other], check=True).stdout)
+    column = header.index("downlink_k") - len(header)   # from the end: labels hold spaces
+    assert [row[column] for row in rows] == ["-", "5"]
+
+
+def _rising_copy(run, tmp_path):
+    path = tmp_path / "rising.h5"
+    shutil.copy(run, path)
+    with h5py.File(path, "a") as h:
+        gap = h["metrics/subopt_xbar"]
+        gap[-1] = 6 * np.min(gap[()])     # ends 6x above its best, below its start
+    return path
+
+
+def test_rising_and_diverged_status_runs_are_flagged(runs, tmp_path):
+    rising = _rising_copy(runs[0], tmp_path)
+    stopped = tmp_path / "stopped.h5"
+    shutil.copy(runs[2], stopped)
+    with h5py.File(stopped, "a") as h:
+        h.attrs["status"] = "diverged"    # the run stopped itself (exit status 3)
+    proc = run_cli(["compare", runs[0], runs[1], rising, stopped], check=True)
+    header, rows = _table(proc.stdout)
+    assert rows[2][0] == str(rising) and rows[2][-8:-6] == ["complete", "RISING"]
+    assert rows[3][0] == str(stopped) and rows[3][-7] == "diverged"   # said once
+    assert [row[-7] for row in rows[:2]] == ["complete", "complete"]
+    target = max(_h5(p)["subopt_xbar"][-1] for p in runs[:2])   # neither flagged run enters it
+    assert header[-1] == f"MB to f(xbar)-f*<={target:.4g}"
 
 
 def test_diverged_run_is_flagged_and_left_out_of_the_target(runs, tmp_path):

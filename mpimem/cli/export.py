@@ -2,9 +2,10 @@
 
 One header line of metric names (the /metrics columns: round, epoch, samples, wall_time,
 train_time, bytes_up, bytes_down, loss_xbar, loss_x, subopt_xbar, subopt_x, acc_xbar, acc_x),
-then one line per evaluation point. Each value is Python's repr of the float64 in the file, so
-reading it back (float(), numpy.loadtxt) gives the stored number exactly; a missing value is
-`nan`. Written to stdout, or to FILE under the output policy (mpimem.outputs: an existing file
+then one line per evaluation point. The integer columns (round, samples, bytes_up, bytes_down:
+INTEGER_COLUMNS) are written as integers (`120`, not `120.0`); every other value is Python's
+repr of the float64 in the file, so reading it back (int(), float(), numpy.loadtxt) gives the
+stored number exactly; a missing value is `nan`. Written to stdout, or to FILE under the output policy (mpimem.outputs: an existing file
 only with --overwrite, never a device, FIFO or directory; written whole to a temporary file,
 then put in place). Works on a run in progress (the points written so far).
 """
@@ -28,6 +29,17 @@ def register(sub) -> None:
     p.set_defaults(func=export)
 
 
+INTEGER_COLUMNS = ("round", "samples", "bytes_up", "bytes_down")
+
+
+def cell(name: str, value) -> str:
+    """One CSV value: an integer column's whole number as an integer, else repr of the float."""
+    value = float(value)
+    if name in INTEGER_COLUMNS and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
 def csv_text(metrics: dict) -> str:
     """The CSV of the metric columns (module docstring)."""
     names, rows = metric_table(metrics)
@@ -35,7 +47,7 @@ def csv_text(metrics: dict) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(names)
     for i in range(rows):
-        writer.writerow(repr(float(metrics[k][i])) for k in names)
+        writer.writerow(cell(k, metrics[k][i]) for k in names)
     return buf.getvalue()
 
 

@@ -27,11 +27,16 @@ number of workers W. The per-rank timing table has a server row only where there
 or a float that is not finite, is null):
 - "path": the run file as given; "status": running, complete, failed, preempted or
   diverged (stopped by mpimem.core.metrics.divergence; the reason in attrs.error);
-- "attrs": every root attribute of the file except config (hosts decoded to a list);
+- "attrs": every root attribute of the file except config; an attribute stored as a JSON string
+  (hosts, bytes_per_rank, k_schedule, groups) is decoded into its JSON value (list or object);
 - "settings": the resolved configuration as recorded (the config attribute);
 - "as_run": {"memory": the error memory as it ran, "bits_per_entry": QSGD/ternary bits per
   entry on the wire (null for the others), "server": whether a server rank took part};
 - "points": the number of evaluation points; "last": {metric: value} of the last one, or null;
+- "flag": null, or why the curve enters no number (mpimem.run.runlabel.convergence_flag, the
+  one rule of info, compare, plot and analysis/): "diverged: ..." (run-file status diverged, a
+  non-finite f(xbar) or a final f(xbar) above the start), "rising: ..." (the last f(xbar) - f*
+  above 3 times the run's best), "flat: ..." (never below the start);
 - "progress": {"round", "rounds", "rounds_per_s" (R / T), "rounds_per_s_wall" (R / S),
   "eta_s" (null unless running, and null when the job may be gone), "written": the file's
   modification time, UTC ISO 8601, "age_s": seconds since then, "job": {"lock": the fields of
@@ -53,7 +58,7 @@ from mpimem.core.operators import OPERATORS
 from mpimem.run.config import has_server as topology_has_server
 from mpimem.core.metrics import METRICS
 from mpimem.run.runfile import read_run
-from mpimem.run.runlabel import bits_per_entry, memory_ran
+from mpimem.run.runlabel import bits_per_entry, memory_ran, run_flag
 from mpimem.run.lock import holder, lock_path
 
 GONE_AFTER = 600.0   # seconds without a write after which a running file's job may be gone
@@ -167,15 +172,26 @@ def _plain(value):
     return value
 
 
+def decoded(value):
+    """An attribute as a JSON value: a string holding a JSON list or object (hosts,
+    bytes_per_rank, k_schedule, groups, ...) decoded, anything else as it is."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return value
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def summary(run: dict, path: str) -> dict:
     """The `--json` object (module docstring)."""
     a, cfg = run["attrs"], run["attrs"]["config"]
-    attrs = {k: v for k, v in a.items() if k != "config"}
-    if isinstance(attrs.get("hosts"), str):
-        try:
-            attrs["hosts"] = json.loads(attrs["hosts"])
-        except ValueError:
-            pass
+    attrs = {k: decoded(v) for k, v in a.items() if k != "config"}
     timing = None
     if run["timing"] is not None:
         timing = {"columns": run["timing"]["columns"],
@@ -186,6 +202,7 @@ def summary(run: dict, path: str) -> dict:
         "as_run": {"memory": memory_ran(cfg), "bits_per_entry": bits_per_entry(cfg, a.get("d")),
                    "server": has_server(cfg)},
         "points": metric_table(run["metrics"])[1], "last": last_point(run["metrics"]),
+        "flag": run_flag(run) or None,
         "progress": progress(run, path), "timing": timing,
     })
 
@@ -283,6 +300,9 @@ def show(args) -> int:
               f"f(x)-f* {fmt(last.get('subopt_x'), '.3e')}, "
               f"accuracy {fmt(last.get('acc_xbar'), '.4f')}")
         print(f"  progress: {progress_text(progress(run, args.run))}")
+        flag = run_flag(run)
+        if flag:   # mpimem.run.runlabel.convergence_flag: the same flag as compare and plot
+            print(f"  flag: {flag.split(':')[0].upper()}:{flag.split(':', 1)[1]}")
         up, down, samples = (last.get(k) for k in ("bytes_up", "bytes_down", "samples"))
         if None not in (up, down, samples):
             print(f"  traffic: {up / 1e6:.3f} MB up, {down / 1e6:.3f} MB down, "

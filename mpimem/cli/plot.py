@@ -9,11 +9,13 @@ is drawn as f(xbar), and its label says so. Points a log axis cannot show (a gap
 out, never clamped (on the MB axis, the 0-MB starting point too).
 
 compare: a table on stdout, one row per run: the settings that differ between the runs, the
-status (a diverged or flat run is flagged, mpimem.run.runlabel.convergence_flag, and stays in the
-table), final and best f(xbar) - f*, MB up and down, training seconds, and the MB (up + down)
+status (a diverged, rising or flat run is flagged, mpimem.run.runlabel.convergence_flag, and stays
+in the table; rising: the last f(xbar) - f* above 3 times the run's best), final and best f(xbar) - f*, MB up and down, training seconds (`train s (wall less evaluation)`: the wall time
+less the time spent evaluating), and the MB (up + down)
 each run needed to reach a common target: the worst final gap among the runs that made
 progress, so that every one of them reaches it (first crossing, linearly interpolated). When
-any run has no f*, every gap column is f(xbar) instead, and the header says so.
+any run has no f*, every gap column is f(xbar) instead, and the header says so. A setting that
+is unset prints as '-', a true/false one as yes/no.
 
 Bad input (a missing file, not a run file, a run with no evaluation points, an --out the output
 policy refuses: an existing file without --overwrite, a device, FIFO or directory ever,
@@ -30,8 +32,8 @@ import numpy as np
 from mpimem.errors import MpimemError
 from mpimem.outputs import check_output, write_output
 from mpimem.run.runfile import read_run
-from mpimem.run.runlabel import (convergence_flag, data_label, differing_settings, first_crossing,
-                                 memory_ran, run_label)
+from mpimem.run.runlabel import (data_label, differing_settings, first_crossing, memory_ran,
+                                 run_flag, run_label)
 
 X_AXES = {"epochs": "epochs", "mb": "MB sent (workers to server + server to workers)",
           "seconds": "training seconds (evaluation excluded)"}
@@ -53,7 +55,7 @@ def register(sub) -> None:
 
 def load(path: str) -> dict:
     """A run file (mpimem.run.runfile.read_run) with at least one evaluation point, plus `settings`
-    (its config and worker count), `label`, `has_fstar` and `flag` (diverged/flat, or "");
+    (its config and worker count), `label`, `has_fstar` and `flag` (diverged/rising/flat, or "");
     MpimemError otherwise."""
     run = read_run(path)
     m = run["metrics"]
@@ -65,7 +67,7 @@ def load(path: str) -> dict:
                            memory=memory_ran(a["config"]))   # SGD keeps no error: off
     run["label"] = run_label(a["config"], int(a.get("d", 0)))
     run["has_fstar"] = not np.all(np.isnan(np.asarray(m["subopt_xbar"], float)))
-    run["flag"] = convergence_flag(m["loss_xbar"])
+    run["flag"] = run_flag(run)
     return run
 
 
@@ -167,6 +169,18 @@ def common_target(runs, use_fstar: bool) -> float:
     return float(max(finals)) if finals else math.nan
 
 
+TRAIN_S = "train s (wall less evaluation)"
+
+
+def cell(value) -> str:
+    """A setting in the compare table: '-' for none, yes/no for a flag, else str()."""
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def rows(runs):
     """The compare table: the header and one row (list of strings) per run."""
     use_fstar = all(r["has_fstar"] for r in runs)
@@ -174,13 +188,15 @@ def rows(runs):
     keys = differing_settings([r["settings"] for r in runs])
     g = "f(xbar)-f*" if use_fstar else "f(xbar)"
     header = (["run", "label"] + keys +
-              ["status", f"final {g}", f"best {g}", "MB up", "MB down", "train s",
+              ["status", f"final {g}", f"best {g}", "MB up", "MB down", TRAIN_S,
                f"MB to {g}<={target:.4g}"])
     table = []
     for r in runs:
         y, m = gap(r, use_fstar), r["metrics"]
-        status = r["attrs"]["status"] + (f" {r['flag'].split(':')[0].upper()}" if r["flag"] else "")
-        table.append([r["path"], r["label"]] + [str(r["settings"].get(k)) for k in keys] +
+        kind = r["flag"].split(":")[0]
+        status = r["attrs"]["status"] + (f" {kind.upper()}" if kind and kind != r["attrs"][
+            "status"] else "")
+        table.append([r["path"], r["label"]] + [cell(r["settings"].get(k)) for k in keys] +
                      [status, f"{y[-1]:.6g}", f"{np.nanmin(y):.6g}",
                       f"{m['bytes_up'][-1] / 1e6:.6g}", f"{m['bytes_down'][-1] / 1e6:.6g}",
                       f"{x_values(r, 'seconds')[-1]:.4g}",

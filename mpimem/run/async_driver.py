@@ -71,6 +71,15 @@ uses the core that the server owns anyway). The former MPIMEM_ASYNC_POLL (Iprobe
 free the core on an oversubscribed node) is gone with the Python loop.
 
 Test hook: MPIMEM_SLOW_WORKER=RANK:SECONDS makes worker RANK sleep SECONDS before each send.
+
+A worker's time split (/timing/seconds) sums to the run's wall time, every second counted once:
+every rank starts its clock at one Barrier after loading its compiled loop (before, a worker's
+first evaluation counted the seconds it waited for rank 0 to load the server's loop: with a cold
+kernel cache more than the whole run's wall, e.g. evaluation 57.8 s + waiting 52.8 s against a
+56.4 s wall); inside the compiled segment the seconds its clock does not time (applying a
+pull to the replica, the pull check, the MPIMEM_SLOW_WORKER sleep) count as communication, and
+at the pause points the seconds outside the evaluation (the checkpoint decision, waiting for
+rank 0's checkpoint) count as waiting (`counted`).
 """
 import os
 import time
@@ -80,6 +89,9 @@ import numpy as np
 from mpimem.comm import async_segments as A
 from mpimem.errors import fault_point, slow_worker_delay
 from mpimem.core.model import averager_arrays
+from mpimem.run.algorithm import TIMING_COLUMNS
+
+COMMUNICATION, WAITING = TIMING_COLUMNS.index("communication"), TIMING_COLUMNS.index("waiting")
 
 SEGMENT_SECONDS = 0.25      # a segment of grants ends after this long (signals, time checkpoints)
 
@@ -197,6 +209,7 @@ def async_loop(run, writer):
 def serve(run, writer, counters):
     """Rank 0: segments of grants between pause points, then the statistics."""
     server = AsyncServer(run, counters)       # loads the compiled loop before the clock starts
+    run.comm.Barrier()                        # every rank's clock starts here (module docstring)
     points = PausePoints(run, writer, server.synced)
     while True:
         outcome = points.meet(server.applied)
@@ -222,17 +235,29 @@ def work(run, writer, j):
             run.replica.scale, reply, tally, run.worker_id, share_of(run),
             slow_worker_delay(run.rank))
     A.preload(A.worker_segment, *args)     # before the clock starts
+    run.comm.Barrier()                     # every rank's clock starts here (module docstring)
     points = PausePoints(run, writer)
     applied = points.start
+    timing = run.ws.timing
     while True:
-        outcome = points.meet(applied)
+        outcome = counted(timing, WAITING, points.meet, applied)
         if outcome is not None:
             break
-        applied = A.worker_segment(*args)
+        applied = counted(timing, COMMUNICATION, A.worker_segment, *args)
     if outcome == "preempted":
         return outcome
     run.comm.Reduce(tally, None, root=0)
     return None
+
+
+def counted(timing, column, fn, *args):
+    """fn(*args), the seconds of it that no column of `timing` took added to `column`."""
+    before, t0 = float(timing.sum()), time.perf_counter()
+    out = fn(*args)
+    rest = time.perf_counter() - t0 - (float(timing.sum()) - before)
+    if rest > 0:
+        timing[column] += rest
+    return out
 
 
 def record(writer, run, c, sent, total, checks, failed):

@@ -305,7 +305,8 @@ class Run:
 
     def progress(self, row):
         """Rank 0, one line per evaluation point (not with --quiet): epoch, round, loss,
-        accuracy, MB up, wall time, and the pace of this process so far: rounds/s =
+        accuracy, MB up, "wall S s" (wall-clock seconds since the start of the run, evaluation
+        included, across resumptions), and the pace of this process so far: rounds/s =
         (round - start round) / (wall time - time before a resume), ETA = rounds left / that
         rate (h:mm:ss; "-" before the first round of this process)."""
         if self.cfg.quiet:
@@ -320,7 +321,7 @@ class Run:
                     f"ETA {minutes // 60}:{minutes % 60:02d}:{secs:02d}")
         print(f"epoch {row['epoch']:7.3f}  round {int(row['round']):9d}  {loss}  "
               f"acc {row['acc_xbar']:.4f}  MB up {row['bytes_up'] / 1e6:9.3f}  "
-              f"{row['wall_time']:7.1f} s  {pace}", flush=True)
+              f"wall {row['wall_time']:7.1f} s  {pace}", flush=True)
 
     # ------------------------------------------------------------------ the whole run
     def loop(self, writer):

@@ -109,10 +109,20 @@ def data_label(name: str, attrs: dict, meta: dict) -> str:
     return f"{name} ({kind}n={attrs.get('n', '?')}, d={attrs.get('d', '?')})"
 
 
-def convergence_flag(loss) -> str:
-    """Why a loss_xbar curve (evaluation points, the first at the start) must not enter any
-    number: "diverged" when a value is not finite or the last is above the first, "flat" when
-    no later value is below the first; "" for a curve that made progress."""
+RISING = 3.0   # a run whose last f(xbar) - f* is above RISING times its best is "rising"
+
+
+def convergence_flag(loss, subopt=None, status=None) -> str:
+    """THE flag of a run (info, compare, plot and analysis/ all call this one function): why a
+    loss_xbar curve (evaluation points, the first at the start) must not enter any number.
+
+    "diverged" when the run file's status is "diverged" (the run stopped itself, exit status 3,
+    mpimem.core.metrics.divergence), a value is not finite or the last is above the first;
+    "rising" when the last f(xbar) - f* (subopt, where f* is known) is above RISING (3) times
+    the run's best; "flat" when no later value is below the first; "" for a curve that made
+    progress."""
+    if status == "diverged":
+        return "diverged: the run stopped itself (run-file status diverged)"
     loss = np.asarray(loss, float)
     if loss.size < 2:
         return "flat: fewer than two evaluation points"
@@ -120,9 +130,24 @@ def convergence_flag(loss) -> str:
         return "diverged: f(xbar) is not finite"
     if loss[-1] > loss[0]:
         return f"diverged: final f(xbar) {loss[-1]:.6g} above the starting {loss[0]:.6g}"
+    if subopt is not None:
+        gap = np.asarray(subopt, float)
+        finite = gap[np.isfinite(gap)]
+        if finite.size and np.isfinite(gap[-1]):
+            best = float(finite.min())
+            if best > 0 and gap[-1] > RISING * best:
+                return (f"rising: final f(xbar)-f* {gap[-1]:.4g} is {gap[-1] / best:.1f}x its "
+                        f"best {best:.4g}")
     if np.min(loss[1:]) >= loss[0]:
         return f"flat: f(xbar) never below its starting value {loss[0]:.6g}"
     return ""
+
+
+def run_flag(run: dict) -> str:
+    """convergence_flag of a run as mpimem.run.runfile.read_run returns it (attrs, metrics)."""
+    m = run.get("metrics") or {}
+    return convergence_flag(m.get("loss_xbar", []), m.get("subopt_xbar"),
+                            run.get("attrs", {}).get("status"))
 
 
 def first_crossing(x, y, target):
