@@ -72,6 +72,12 @@ then every message of the flat designs (sync, async, allgather, sparse-allreduce
 leaders' allreduce of hierarchical cross the network, and only hierarchical's in-group
 messages keep the measured shared-memory alpha_n = params["alpha_node"], B_n =
 params["bandwidth_node"] (absent: alpha, B).
+
+`predict` takes the user's problem: `--d`, `--k`, `--batch-size`, `--compressor` (top_k,
+rand_k, none: the operators with a compute profile), or `--from-run RUN.h5` for d, k, b, the
+operator and c = the workers' gradient + compression seconds over the samples (options given
+win over the run's). Without a run c and c_a are the recorded profile's (measured at its d).
+A bad value is one line `costmodel: error: ...`, exit status 2.
 """
 import argparse
 import json
@@ -536,18 +542,104 @@ def with_network(params, alpha=None, bandwidth=None, group_size=None):
     return p
 
 
-def _print_tables(params):
+def _print_tables(params, bs=(1, 64), comps=None):
     G = params.get("group_size", GROUP)
     print(f"network alpha {params['alpha'] * 1e6:.2f} us, B {params['bandwidth'] / 1e9:.2f} GB/s; "
           f"in-node alpha {params['alpha_node'] * 1e6:.2f} us, "
           f"B {params['bandwidth_node'] / 1e9:.2f} GB/s; hierarchical G = {G}")
-    for b in (1, 64):
+    for b in bs:
         print(f"\nb = {b}:")
-        print(table(params, Ws=(1, 64, 1024, 10000), b=b))
+        print(table(params, Ws=(1, 64, 1024, 10000), b=b,
+                    **({"comps": comps} if comps else {})))
     print("\nfastest design (predicted speed-up over one worker):")
-    print(advice(params))
+    print(advice(params, bs=bs, comps=comps or ("top_k", "rand_k")))
     print(f"\nbytes per rank and round (up + down), d = {params['d']}, k = {params['k']}:")
-    print(bytes_model_table(params["d"], params["k"], G=G))
+    print(bytes_model_table(params["d"], params["k"], G=G, comps=comps or ("top_k", "rand_k")))
+
+
+# ------------------------------------------------------------------ predict: the user's problem
+PREDICT_COMPRESSORS = ("top_k", "rand_k", "none")   # the operators the model has profiles of
+
+
+class CostModelError(Exception):
+    """A bad `predict` setting: one line `costmodel: error: ...`, exit status 2."""
+
+
+def run_problem(path) -> dict:
+    """d, k, b, the operator and the measured compute per sample of a run file (RUN.h5):
+    c = the workers' gradient + compression seconds (/timing/seconds) over the samples they
+    processed (/metrics/samples, last point). CostModelError when it is not usable."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            if h5.attrs.get("format") not in ("mpimem-run", b"mpimem-run"):
+                raise CostModelError(f"--from-run {path}: not an mpimem run file")
+            cfg = json.loads(h5.attrs["config"])
+            d = int(h5.attrs["d"])
+            seconds = h5["timing/seconds"][()] if "timing/seconds" in h5 else None
+            columns = (json.loads(h5["timing/seconds"].attrs["columns"])
+                       if seconds is not None else [])
+            samples = float(h5["metrics/samples"][-1]) if "metrics/samples" in h5 else 0.0
+    except CostModelError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as err:
+        raise CostModelError(f"--from-run {path}: cannot read it as a run file "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    comp = cfg.get("compressor")
+    if comp not in PREDICT_COMPRESSORS:
+        raise CostModelError(f"--from-run {path}: compressor {comp!r} has no cost model "
+                             f"(the model knows {', '.join(PREDICT_COMPRESSORS)})")
+    out = {"d": d, "k": d if comp == "none" else int(cfg.get("k") or 1),
+           "b": int(cfg.get("batch_size") or 1), "compressor": comp, "c": None}
+    if seconds is not None and samples > 0 and {"gradient", "compression"} <= set(columns):
+        server = cfg.get("topology", "server") == "server"
+        workers = seconds[1:] if server else seconds
+        gi, ci = columns.index("gradient"), columns.index("compression")
+        c = float(workers[:, gi].sum() + workers[:, ci].sum()) / samples
+        if c > 0:
+            out["c"] = c
+    return out
+
+
+def problem(params, d=None, k=None, compressor=None, c=None):
+    """The parameters for the user's problem: d and k (the tables' and the bytes'), and, with c,
+    the compute per sample of `compressor` (measured by a run; else the recorded profile's,
+    measured at params' own d and k)."""
+    p = dict(params)
+    p["compute"] = {name: dict(prof) if isinstance(prof, dict) else prof
+                    for name, prof in params["compute"].items()}
+    p["compute"].setdefault("d", params["d"])   # merge_cost's fit stays at the measured d
+    if d is not None:
+        p["d"] = d
+    if k is not None:
+        p["k"] = k
+    if c is not None:
+        p["compute"][compressor]["c"] = c
+    return p
+
+
+def predict_settings(args) -> dict:
+    """The checked settings of `predict` (CostModelError on the first bad one): d, k, b,
+    compressors and c, from --from-run first, then the explicit options over it."""
+    run = run_problem(args.from_run) if args.from_run else {}
+    d = args.d if args.d is not None else run.get("d")
+    comp = args.compressor or run.get("compressor")
+    k = args.k if args.k is not None else run.get("k")
+    b = args.batch_size if args.batch_size is not None else run.get("b")
+    for name, value in (("--d", d), ("--k", k), ("--batch-size", b), ("--group-size",
+                                                                       args.group_size)):
+        if value is not None and value < 1:
+            raise CostModelError(f"{name} {value}: must be at least 1")
+    for name, value in (("--alpha", args.alpha), ("--bandwidth", args.bandwidth)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CostModelError(f"{name} {value}: must be a positive number")
+    if comp == "none" and k is not None and d is not None and args.k is None:
+        k = d
+    if k is not None and d is not None and k > d:
+        raise CostModelError(f"--k {k} is above --d {d}: k coordinates of d")
+    return {"d": d, "k": k, "b": b, "compressor": comp,
+            "c": run.get("c") if comp == run.get("compressor") else None}
 
 
 def bytes_grid(rows):
@@ -572,8 +664,16 @@ def bytes_grid(rows):
     return "\n".join(lines)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line `costmodel: error: ...`, exit status 2 (as mpimem)."""
+
+    def error(self, message):
+        print(f"costmodel: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pingpong", help="(under mpiexec -n 2) print {bytes: seconds} as JSON")
     p.add_argument("--reps", type=int, default=200)
@@ -591,13 +691,23 @@ def main(argv=None):
     p.add_argument("--bandwidth", type=float, help="use this bandwidth (B/s) instead")
     p.add_argument("--reps", type=int, default=200)
     p = sub.add_parser("predict", help="tables (b = 1, 64) and the figure from the recorded "
-                       "parameters, optionally with a network's alpha/B; measures nothing")
+                       "parameters, optionally with a network's alpha/B and the user's problem "
+                       "(d, k, b, operator, or --from-run); measures nothing")
     p.add_argument("--params", default=os.path.join(ROOT, "bench", "results", "costmodel.json"))
     p.add_argument("--alpha", type=float, help="network latency (s) (default: the measured one)")
     p.add_argument("--bandwidth", type=float, help="network bandwidth (B/s)")
     p.add_argument("--group-size", type=int, default=GROUP,
                    help=f"hierarchical: ranks per node (default {GROUP})")
     p.add_argument("--figure", help="write the speed-up figure here (PNG)")
+    p.add_argument("--d", type=int, help="dimension d of the problem (default: the recorded "
+                   "parameters' d, 400)")
+    p.add_argument("--k", type=int, help="coordinates sent by top-k / rand-k (default: the "
+                   "recorded k, 10)")
+    p.add_argument("--batch-size", type=int, help="mini-batch b (default: tables for b = 1 and 64)")
+    p.add_argument("--compressor", choices=PREDICT_COMPRESSORS,
+                   help="only this operator (default: all of them)")
+    p.add_argument("--from-run", metavar="RUN.h5", help="take d, k, b, the operator and the "
+                   "measured compute per sample from a run file (options given win)")
     p = sub.add_parser("bytes", help="bytes per rank and round: RUN.h5 of real runs "
                        "(mpiexec) beside bytes_per_rank")
     p.add_argument("data", help="an mpimem data set (e.g. mpimem data synth --like rcv1 --n 2000 "
@@ -617,11 +727,25 @@ def main(argv=None):
             print(json.dumps(res))
         return 0
     if args.cmd == "predict":
+        try:
+            want = predict_settings(args)
+        except CostModelError as err:
+            print(f"costmodel: error: {err}", file=sys.stderr)
+            return 2
         with open(args.params) as fh:
             params = with_network(json.load(fh), args.alpha, args.bandwidth, args.group_size)
-        _print_tables(params)
+        measured_at = params["compute"].get("d", params["d"])
+        params = problem(params, want["d"], want["k"], want["compressor"], want["c"])
+        bs = (want["b"],) if want["b"] else (1, 64)
+        comps = (want["compressor"],) if want["compressor"] else None
+        c_note = (f"c = {want['c'] * 1e6:.3g} us/sample measured by {args.from_run}"
+                  if want["c"] else f"c and c_a of the recorded profile (measured at d = "
+                  f"{measured_at})")
+        print(f"problem: d = {params['d']}, k = {params['k']}, b = {', '.join(map(str, bs))}, "
+              f"operator {', '.join(comps or ('rand_k', 'top_k', 'none'))}; {c_note}")
+        _print_tables(params, bs=bs, comps=comps)
         if args.figure:
-            plot(params, args.figure)
+            plot(params, args.figure, bs=bs)
             print(f"-> {args.figure}")
         return 0
     if args.cmd == "bytes":

@@ -247,3 +247,63 @@ def test_bytes_model_against_real_runs(bytes_rows):
         assert r["measured"] > 0 and abs(r["rel_error"]) <= tol, r
         if r["compressor"] == "top_k":
             assert r["predicted"] >= r["measured"] * 0.999, r
+
+
+def _predict_cli(capsys, *argv):
+    code = CM.main(["predict", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_predict_takes_the_users_problem(capsys):
+    """--d, --k, --batch-size and --compressor reach every table: the speed-ups are predict()'s
+    at those values (not d = 400, k = 10), only that operator and that b are shown."""
+    code, out, _ = _predict_cli(capsys, "--d", "3000", "--k", "30", "--batch-size", "8",
+                                "--compressor", "rand_k", "--alpha", "5e-6", "--bandwidth", "1e10")
+    assert code == 0
+    assert out.startswith("problem: d = 3000, k = 30, b = 8, operator rand_k")
+    assert "\nb = 8:" in out and "\nb = 1:" not in out and "| top_k |" not in out
+    assert "d = 3000, k = 30:" in out
+    rec = CM.with_network(json.loads(RECORD.read_text()), 5e-6, 1e10, CM.GROUP)
+    p = CM.problem(rec, 3000, 30)
+    want = CM.predict(p, "allgather", 1024, "rand_k", 3000, 30, b=8)["speedup"]
+    row = next(ln for ln in out.splitlines() if ln.startswith("| allgather | rand_k |"))
+    assert float(row.split("|")[5]) == pytest.approx(want, abs=0.05)
+    assert want != pytest.approx(CM.predict(p, "allgather", 1024, "rand_k", 400, 10, b=8)[
+        "speedup"], rel=1e-3)
+
+
+def test_predict_from_a_run_file(capsys, eps, tmp_path):
+    from conftest import run_mpi
+    run = tmp_path / "RUN.h5"
+    run_mpi(3, ["train", eps, "--out", run, "--quiet", "--epochs", "0.2", "--compressor",
+                "rand_k", "--k", "7", "--batch-size", "2"], check=True)
+    got = CM.run_problem(run)
+    import h5py
+    with h5py.File(run, "r") as h5:
+        sec, samples = h5["timing/seconds"][()], h5["metrics/samples"][-1]
+    assert (got["d"], got["k"], got["b"], got["compressor"]) == (120, 7, 2, "rand_k")
+    assert got["c"] == pytest.approx((sec[1:, 0].sum() + sec[1:, 1].sum()) / samples)
+    code, out, _ = _predict_cli(capsys, "--from-run", str(run))
+    assert code == 0 and out.startswith("problem: d = 120, k = 7, b = 2, operator rand_k; c = ")
+    assert f"measured by {run}" in out.splitlines()[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--d", "10", "--k", "20"], "--k 20 is above --d 10"),
+    (["--k", "0"], "--k 0: must be at least 1"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--alpha", "-1"], "--alpha -1.0: must be a positive number"),
+    (["--compressor", "qsgd"], "invalid choice: 'qsgd'"),
+    (["--d", "many"], "invalid int value: 'many'"),
+    (["--from-run", "/nonexistent/RUN.h5"], "--from-run /nonexistent/RUN.h5: cannot read it"),
+])
+def test_predict_refuses_bad_settings_in_one_line(capsys, argv, message):
+    try:
+        code = CM.main(["predict", *argv])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("costmodel: error: "), err
+    assert message in lines[0], err

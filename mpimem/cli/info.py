@@ -20,7 +20,9 @@ the bits per entry as sent (1 sign bit + ceil(log2(s+1)) level bits, mpimem.core
 k warm-up when set (epochs and the k of each), the error memory as it ran (never with
 compressor none) or "method ef21" (EF21-BC with downlink-k), where the L2 term acts, the step schedule,
 gamma and shift a (in samples), the averaging, mode, topology, downlink-k when set, the batch size b and the
-number of workers W. The per-rank timing table has a server row only where there is a server
+number of workers W. A run whose curve enters no number prints `flag: DIVERGED|RISING|FLAT: why`
+(mpimem.run.runlabel.convergence_flag, the rule of compare and plot too; "flag" below). The
+per-rank timing table has a server row only where there is a server
 (the other topologies have none: rank r is worker r+1).
 
 `--json` prints one JSON object with these keys (always all of them; a value that is unknown,
