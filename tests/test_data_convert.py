@@ -220,3 +220,40 @@ def test_the_bom_is_skipped_by_the_compiled_and_the_python_parsers(monkeypatch):
         assert block.indices.tolist() == [1, 2, 3] and block.values.tolist() == [0.5, 1.0, 2.0]
     with pytest.raises(libsvm.LineError, match="non-numeric label"):   # only before line 1
         libsvm.parse_block(b"+1 1:1\n\xef\xbb\xbf-1 1:1\n", 1, 1)
+
+
+@pytest.mark.parametrize("storage", ["csr", "dense"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_convert_bias_appends_a_constant_feature(tmp_path, storage, normalize):
+    """--bias B (liblinear's -B): column d of every row is B, after --normalize; the first d
+    columns are the rows as without it (oracle: scikit-learn's parse); the file and `data info`
+    say so, and the row checksums verify. Old code: no --bias option (exit 2)."""
+    X, y = random_problem(150, 20, 0.3, seed=9)
+    src, out = tmp_path / "b.svm", tmp_path / "b.h5"
+    plain = write_svmlight(src, X, y)
+    run_cli(["data", "convert", src, out, "--bias", "2.5", "--storage", storage, "--d", "20",
+             *(["--normalize"] if normalize else [])], check=True)
+    ref = load_svmlight_file(str(plain), n_features=20)[0].toarray()
+    if normalize:
+        norms = np.linalg.norm(ref, axis=1, keepdims=True)
+        ref = ref / np.where(norms == 0, 1, norms)
+    shard = read_shard(out)                          # verifies the per-row checksums
+    got = shard.X.toarray() if sp.issparse(shard.X) else shard.X
+    assert got.shape == (150, 21)
+    np.testing.assert_allclose(got[:, :20], ref, rtol=1e-14, atol=0)   # float64 norms: the
+    assert np.array_equal(got[:, :20] != 0, ref != 0)                   # order of the sums
+    assert np.all(got[:, 20] == 2.5)
+    meta = read_meta(out)
+    assert meta.d == 21 and meta.bias == 2.5
+    assert storage == "dense" or meta.nnz == X.nnz + 150
+    assert "bias: 2.5" in run_cli(["data", "info", out], check=True).stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
+def test_convert_bias_must_be_positive(tmp_path, value):
+    X, y = random_problem(10, 5, 0.5, seed=1)
+    src = tmp_path / "b.svm"
+    write_svmlight(src, X, y)
+    proc = run_cli(["data", "convert", src, tmp_path / "b.h5", "--bias", value])
+    assert proc.returncode == 2 and "--bias" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.h5").exists()

@@ -85,6 +85,9 @@ def register(subparsers) -> None:
                    help="text parsed per block, in MiB: bounds the memory (default 4)")
     p.add_argument("--normalize", action="store_true",
                    help="scale every row to unit L2 norm (rows of zero norm stay zero)")
+    p.add_argument("--bias", type=_positive_float, default=None, metavar="B",
+                   help="append the constant feature B to every row (an intercept, as "
+                        "liblinear's -B; after --normalize; default: none)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_convert)
 
@@ -115,12 +118,12 @@ def cmd_convert(args) -> int:
     from mpimem.data.convert import convert
     s = convert(args.input, args.output, index_base=args.index_base, storage=args.storage,
                 d=args.d, dtype=args.dtype, block_bytes=int(args.chunk_mb * (1 << 20)),
-                normalize=args.normalize, overwrite=args.overwrite)
+                normalize=args.normalize, bias=args.bias, overwrite=args.overwrite)
     if s["index_note"]:
         print(f"mpimem: warning: {s['index_note']}", file=sys.stderr, flush=True)
     print(f"{args.output}: n={s['n']} d={s['d']} nnz={s['nnz']} storage={s['storage']} "
           f"index_base={s['index_base']} density={s['density']:.4g}"
-          + (" normalized" if args.normalize else ""))
+          + (" normalized" if args.normalize else "") + (f" bias={args.bias:g}" if args.bias else ""))
     return 0
 
 
@@ -148,6 +151,8 @@ def cmd_info(args) -> int:
             ("fingerprint", meta.fingerprint[:16])]
     if meta.normalized:
         rows.insert(-1, ("normalized", "yes: rows scaled to unit L2 norm at conversion"))
+    if meta.bias:
+        rows.insert(-1, ("bias", f"{meta.bias:g}: constant feature, column {meta.d - 1}"))
     if meta.optimum_note:
         rows.append(("optimum", f"none: {meta.optimum_note}"))
     elif meta.fstar is None:

@@ -16,6 +16,11 @@ how far it is on stderr (`progress`: the share of the input read, then of the ro
 in float64 before the values are cast to the stored dtype; the row checksums and the content
 digest are of the stored, scaled values, and the file says `normalized = 1`.
 
+`bias` B > 0 appends a constant feature B to every row, as its last column (index d, so the
+file has d + 1 columns), after the normalisation: liblinear's `-B`. The model then has an
+intercept w_d B, regularised like the other weights by (lambda/2)||x||^2 (SPEC "Problem"); a
+larger B regularises the intercept less. The file says `bias = B` (0: none).
+
 The input is read once, front to back, so it may be a pipe or a FIFO (`/dev/stdin`). OUT must
 not be the input itself (the same file under another name, a link, a relative path), and a
 value the stored dtype cannot hold (beyond float32's range) is refused with its line. OUT
@@ -86,7 +91,7 @@ class _Scan:
 
 
 def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64",
-            block_bytes=4 << 20, normalize=False, overwrite=False) -> dict:
+            block_bytes=4 << 20, normalize=False, bias=None, overwrite=False) -> dict:
     """Convert LIBSVM file `src` into data-set file `out`; a summary dict (n, d, nnz, ...,
     and `index_note`: why the guess of `index_base="auto"` deserves a look, or None).
 
@@ -94,7 +99,10 @@ def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64"
     storage: "dense", "csr" or "auto" (dense when the density exceeds DENSE_ABOVE).
     d: number of columns (default: largest index + 1 after the base shift).
     normalize: scale every row to unit L2 norm (module docstring).
+    bias: B > 0 appends the constant feature B as column d (d + 1 columns; module docstring).
     overwrite: replace an existing regular file `out` (refused otherwise, before any work)."""
+    if bias is not None and not (bias > 0 and np.isfinite(bias)):
+        raise MpimemError(f"--bias must be a positive number (the constant feature), got {bias}")
     _refuse_same_file(src, out)
     check_data_output(out, overwrite)
     blocks = LineBlocks(str(src), block_bytes)
@@ -116,15 +124,18 @@ def convert(src, out, *, index_base="1", storage="auto", d=None, dtype="float64"
         if staged.n == 0:
             raise MpimemError(f"{src}: empty file (no data lines)")
         base = {"0": 0, "1": 1}.get(index_base, 0 if scan.min_index == 0 else 1)
-        width = _columns(scan, base, d)
-        density = staged.nnz / (staged.n * width)
+        features = _columns(scan, base, d)
+        width = features + (1 if bias else 0)   # the bias is column `features`
+        density = (staged.nnz + (staged.n if bias else 0)) / (staged.n * width)
         final = storage if storage != "auto" else ("dense" if density > DENSE_ABOVE else "csr")
         with atomic_h5(out, overwrite) as f:
             writer = DenseWriter(f, width, dtype) if final == "dense" else CSRWriter(f, dtype)
-            _transcribe(stage, writer, base, scan.label_map(), block_bytes, normalize, ticker)
+            _transcribe(stage, writer, base, scan.label_map(), block_bytes, normalize, ticker,
+                        bias=(features, bias) if bias else None)
             write_header(f, writer, d=width, source=str(src), source_bytes=blocks.source_bytes,
                          source_sha256=blocks.source_sha256, index_base=base,
                          compression=blocks.compression, normalized=int(normalize),
+                         bias=float(bias or 0.0),
                          source_labels=",".join(f"{v:g}" for v in sorted(scan.labels)))
     note = None
     if index_base == "auto" and base == 1:
@@ -200,10 +211,25 @@ def _unit_rows(indptr, values):
     return values / norms[rows]
 
 
-def _transcribe(stage, writer, base, label_map, block_bytes, normalize=False, ticker=None):
+def _with_bias(indptr, indices, values, column, bias):
+    """The CSR rows with the constant feature `bias` appended to each at `column` (the last
+    column, so every row's indices stay increasing)."""
+    out_ptr = indptr + np.arange(len(indptr))
+    last = out_ptr[1:] - 1                      # where each row's bias entry goes
+    keep = np.ones(out_ptr[-1], bool)
+    keep[last] = False
+    out_idx = np.empty(out_ptr[-1], np.int64)
+    out_val = np.empty(out_ptr[-1], np.float64)
+    out_idx[keep], out_val[keep] = indices, values
+    out_idx[last], out_val[last] = column, bias
+    return out_ptr, out_idx, out_val
+
+
+def _transcribe(stage, writer, base, label_map, block_bytes, normalize=False, ticker=None,
+                bias=None):
     """Copy the staged rows into `writer`, about `block_bytes` of values at a time: labels
-    mapped to {-1, +1}, indices made zero-based, rows scaled to unit norm if `normalize`;
-    progress said on `ticker`."""
+    mapped to {-1, +1}, indices made zero-based, rows scaled to unit norm if `normalize`, then
+    the constant feature appended if `bias` = (column, B); progress said on `ticker`."""
     n, nnz = stage["y"].shape[0], stage["data"].shape[0]
     row_bytes = 8 * (writer.X.shape[1] if writer.storage == "dense" else max(1, nnz // n))
     step = max(1, block_bytes // row_bytes)
@@ -219,6 +245,8 @@ def _transcribe(stage, writer, base, label_map, block_bytes, normalize=False, ti
         values = stage["data"][lo:hi]
         if normalize:
             values = _unit_rows(indptr, values)
+        if bias is not None:
+            indptr, indices, values = _with_bias(indptr, indices, values, *bias)
         labels = lookup[stage["y"][start:stop].astype(np.uint8)]
         if writer.storage == "dense":
             rows = np.zeros((stop - start, writer.X.shape[1]), writer.X.dtype)

@@ -41,7 +41,8 @@ class DatasetMeta:
     `fstar`, `lam_star`, `grad_norm_star` are None when no optimum is stored (`optimum_note`
     then says why, if a damaged /optimum group was ignored); `n_positive` (rows labelled +1)
     is None unless the labels were scanned (`read_meta(labels=True)`); `normalized`: the rows
-    were scaled to unit L2 norm when the file was made (`data convert --normalize`)."""
+    were scaled to unit L2 norm when the file was made (`data convert --normalize`); `bias`: the
+    constant feature appended as the last column (`data convert --bias B`; 0: none)."""
 
     path: str
     n: int
@@ -61,6 +62,7 @@ class DatasetMeta:
     optimum_note: str | None = None
     n_positive: int | None = None
     normalized: bool = False
+    bias: float = 0.0             # the constant feature appended at conversion (0: none)
 
     @property
     def density(self) -> float:
@@ -167,6 +169,7 @@ def _meta(f, name, optimum=True) -> DatasetMeta:
                        index_base=None if base is None else int(base),
                        created=str(attrs.get("created", "")),
                        normalized=int(attrs.get("normalized", 0)) == 1,
+                       bias=float(attrs.get("bias", 0.0)),
                        fstar=fstar, lam_star=lam, grad_norm_star=gnorm, optimum_note=note)
 
 
