@@ -76,3 +76,27 @@ def test_async_mode_stops_as_diverged_in_one_line(data, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("mpimem: error: the run diverged: "), proc.stderr
     with h5py.File(out) as f:
         assert f.attrs["status"] == "diverged"
+
+
+def test_evaluating_a_diverged_state_warns_nothing():
+    """A diverged iterate (inf, NaN) goes through xbar, the evaluation point and the negative-gap
+    check without a numpy RuntimeWarning: the run's one line is the divergence rule's. Old code:
+    `invalid value encountered` lines beside it (seen in an async run under CI)."""
+    import warnings
+
+    import numpy as np
+
+    from mpimem.core.metrics import eval_point, negative_gap
+    from mpimem.core.model import Averager, Replica
+
+    replica, averager = Replica(3), Averager(3)
+    replica.z[:] = [np.inf, -np.inf, 1.0]
+    averager.S[:] = [np.inf, np.inf, 0.0]
+    averager.c[:] = [np.inf, 2.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xbar = averager.xbar(replica)
+        row = eval_point(np.array([np.inf, 1.0, np.nan, 1.0]), 10, 0.1, replica.x(), xbar, 0.5)
+        row.update(round=10)
+        assert negative_gap(row) is None
+    assert not np.isfinite(row["loss_x"]) and not np.isfinite(xbar).all()

@@ -33,8 +33,9 @@ def shard_sums(shard, x, xbar) -> np.ndarray:
 
 def eval_point(sums, n, lam, x, xbar, fstar) -> dict:
     """The loss/accuracy columns of one evaluation point from the summed shard terms."""
-    fx = sums[0] / n + 0.5 * lam * float(x @ x)
-    fb = sums[2] / n + 0.5 * lam * float(xbar @ xbar)
+    with np.errstate(invalid="ignore", over="ignore"):   # a diverged x: `divergence` says it
+        fx = sums[0] / n + 0.5 * lam * float(x @ x)
+        fb = sums[2] / n + 0.5 * lam * float(xbar @ xbar)
     nan = float("nan")
     return {
         "loss_x": fx, "loss_xbar": fb,
@@ -49,7 +50,8 @@ def negative_gap(row) -> str | None:
     above the true minimum, so every gap of the run is understated), else None."""
     for name, loss in (("subopt_xbar", "loss_xbar"), ("subopt_x", "loss_x")):
         gap = row.get(name, float("nan"))
-        fstar = row[loss] - gap
+        with np.errstate(invalid="ignore"):   # inf - inf of a diverged run: NaN, no warning
+            fstar = row[loss] - gap
         if gap < -GAP_RTOL * max(1.0, abs(fstar)):
             point = "f(xbar)" if name == "subopt_xbar" else "f(x)"
             return (f"{point} - f* = {gap:.3e} < 0 at round {int(row.get('round', -1))}: the "

@@ -90,7 +90,8 @@ class Averager:
     def xbar(self, replica: Replica) -> np.ndarray:
         if self.wsum == 0.0:
             return replica.x()
-        return (self.S + replica.z * (self.C - self.Cmark)) / self.wsum
+        with np.errstate(invalid="ignore", over="ignore"):   # a diverged run: the divergence
+            return (self.S + replica.z * (self.C - self.Cmark)) / self.wsum   # rule says it
 
 
 NO_AVERAGER = (np.zeros(0), np.zeros(0), np.zeros(2))
